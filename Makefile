@@ -11,7 +11,7 @@ SHELL_FILES = $(shell grep -rlE '^\#!.*\b(ba)?sh\b' guest elements 2>/dev/null |
 all: build
 
 node_modules: package-lock.json
-	npm ci --ignore-scripts
+	npm ci --no-audit --no-fund
 	touch node_modules
 
 build: node_modules
