@@ -1,2 +1,86 @@
-// Command-line entry: argv → subcommand; renders results and errors. The only module that prints.
-process.stdout.write("vmdib: under construction\n");
+// Command-line entry: argv → subcommand; renders errors. Subcommands live in src/commands/ and print via their context.
+
+import type { Command, CommandContext } from "./commands/context.js";
+import { VmdibError } from "./errors.js";
+
+/** Subcommands, loaded lazily so `vmdib --version` stays fast. */
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {};
+
+function usage(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length), 4);
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}  ${c.summary}`);
+  return [
+    "usage: vmdib <command> [options]",
+    "",
+    "commands:",
+    ...lines,
+    "",
+    "Run `vmdib help <command>` for a command's options.",
+  ].join("\n");
+}
+
+export async function main(argv: string[], ctx: Omit<CommandContext, "args">): Promise<number> {
+  const debug = argv.includes("--debug");
+  const [name, ...args] = argv.filter((a) => a !== "--debug");
+  try {
+    if (name === undefined || name === "-h" || name === "--help") {
+      ctx.stdout.write(`${usage()}\n`);
+      return name === undefined ? 2 : 0;
+    }
+    const command = COMMANDS[name];
+    if (!command) {
+      throw new VmdibError(`unknown command '${name}'`, {
+        exitCode: 2,
+        hint: "run `vmdib --help` for the list of commands",
+      });
+    }
+    return await (await command.load())({ ...ctx, args });
+  } catch (err) {
+    ctx.stderr.write(renderError(err, debug));
+    return err instanceof VmdibError ? err.exitCode : 1;
+  }
+}
+
+/** One clear message: what failed, context lines, what to do. The stack only with --debug. */
+export function renderError(err: unknown, debug: boolean): string {
+  const lines: string[] = [];
+  if (err instanceof VmdibError) {
+    lines.push(`vmdib: error: ${err.message}`);
+    for (const line of err.context) lines.push(`  | ${line}`);
+    if (err.hint) lines.push(`  hint: ${err.hint}`);
+  } else {
+    lines.push(`vmdib: internal error: ${err instanceof Error ? err.message : String(err)}`);
+    if (!debug) lines.push("  hint: rerun with --debug for the stack trace, and report it");
+  }
+  if (debug && err instanceof Error) {
+    lines.push(err.stack ?? "");
+    if (err.cause)
+      lines.push(
+        `caused by: ${err.cause instanceof Error ? (err.cause.stack ?? err.cause.message) : String(err.cause)}`,
+      );
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+async function run(): Promise<void> {
+  const controller = new AbortController();
+  let signalled: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (signalled) process.exit(sig === "SIGINT" ? 130 : 143); // second signal: give up on cleanup
+    signalled = sig;
+    controller.abort(new VmdibError(`interrupted by ${sig}`, { exitCode: sig === "SIGINT" ? 130 : 143 }));
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  const code = await main(process.argv.slice(2), {
+    env: process.env,
+    cwd: process.cwd(),
+    stdin: process.stdin,
+    stdout: process.stdout,
+    stderr: process.stderr,
+    signal: controller.signal,
+  });
+  process.exitCode = signalled ? (signalled === "SIGINT" ? 130 : 143) : code;
+}
+
+await run();
