@@ -62,7 +62,8 @@ export function renderError(err: unknown, debug: boolean): string {
   return `${lines.join("\n")}\n`;
 }
 
-async function run(): Promise<void> {
+/** Process entry used by bin/vmdib: real streams, real signals. */
+export async function run(): Promise<void> {
   const controller = new AbortController();
   let signalled: NodeJS.Signals | undefined;
   const onSignal = (sig: NodeJS.Signals) => {
@@ -83,4 +84,3 @@ async function run(): Promise<void> {
   process.exitCode = signalled ? (signalled === "SIGINT" ? 130 : 143) : code;
 }
 
-await run();
