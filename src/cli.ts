@@ -83,4 +83,3 @@ export async function run(): Promise<void> {
   });
   process.exitCode = signalled ? (signalled === "SIGINT" ? 130 : 143) : code;
 }
-
