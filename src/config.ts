@@ -1,0 +1,554 @@
+// One SETTINGS table for `vmdib build`: flag, DIB environment variable, parser, default and help → frozen options.
+import { UsageError } from "./errors.js";
+
+/** Output formats `-t` accepts, as disk-image-create names them. */
+export const IMAGE_TYPES = [
+  "qcow2",
+  "raw",
+  "vhd",
+  "vhdx",
+  "vmdk",
+  "vdi",
+  "qed",
+  "tar",
+  "tgz",
+  "squashfs",
+  "aci",
+  "docker",
+] as const;
+export type ImageType = (typeof IMAGE_TYPES)[number];
+
+export const ACCELERATORS = ["kvm", "hvf", "tcg"] as const;
+export type Accelerator = (typeof ACCELERATORS)[number];
+
+/** The parsed, validated options of one build. Every field comes from a SETTINGS row or the positional elements. */
+export interface BuildOptions {
+  readonly imageName: string;
+  readonly types: readonly ImageType[];
+  readonly arch: string;
+  readonly trace: number;
+  readonly compress: boolean;
+  readonly clearEnv: boolean;
+  readonly skipBase: boolean;
+  readonly packages: readonly string[];
+  readonly checksum: boolean;
+  readonly imageSizeGb: number | undefined;
+  readonly imageExtraSizeGb: number | undefined;
+  readonly imageCache: string | undefined;
+  readonly maxOnlineResize: number | undefined;
+  readonly minTmpfsGb: number;
+  readonly journalSizeMb: number;
+  readonly mkfsOptions: string;
+  readonly noTmpfs: boolean;
+  readonly offline: boolean;
+  readonly qemuImgOptions: string;
+  readonly rootLabel: string | undefined;
+  readonly installType: string;
+  readonly dockerTarget: string | undefined;
+  readonly logfile: string | undefined;
+  readonly fsType: string;
+  readonly blockDeviceConfig: string | undefined;
+  readonly elementsPath: readonly string[];
+  readonly dryRun: boolean;
+  readonly json: boolean;
+  readonly accel: Accelerator | undefined;
+  readonly noCache: boolean;
+  readonly memoryMb: number;
+  readonly help: boolean;
+  readonly version: boolean;
+  /** The elements named on the command line, in order. */
+  readonly elements: readonly string[];
+}
+
+type Kind = "flag" | "count" | "value" | "list";
+
+/** One row: how a setting is spelled on the command line and in the environment, how it parses, its default. */
+interface Setting<K extends keyof BuildOptions = keyof BuildOptions> {
+  readonly key: K;
+  readonly short?: string;
+  readonly long?: string;
+  /** The environment variable DIB reads for it; the flag wins over the variable. */
+  readonly env?: string;
+  readonly kind: Kind;
+  /** Placeholder shown in --help for value options. */
+  readonly metavar?: string;
+  readonly help: string;
+  /** What a `flag` row sets when given (default true; `-u` sets compress to false). */
+  readonly flagValue?: boolean;
+  /** Turns the raw string (value/list items) into the option's value; throws a message on bad input. */
+  readonly parse?: (raw: string, where: string) => BuildOptions[K];
+  readonly default: BuildOptions[K];
+}
+
+const row = <K extends keyof BuildOptions>(s: Setting<K>): Setting<K> => s;
+
+/** Reads DIB's flag-style environment values: `1`, `true`, `yes` mean on; empty and `0` mean off. */
+function envBool(raw: string): boolean {
+  return !["", "0", "false", "no", "off"].includes(raw.trim().toLowerCase());
+}
+
+/** A positive decimal number (DIB sizes are GB or MB, fractions allowed), bounded to catch typos like `1e9`. */
+function positive(unit: string, max: number) {
+  return (raw: string, where: string): number => {
+    const n = /^\s*\d+(\.\d+)?\s*$/.test(raw) ? Number(raw) : Number.NaN;
+    if (!Number.isFinite(n) || n <= 0 || n > max) {
+      throw `${where} must be a positive number of ${unit} up to ${max}, got '${raw}'`;
+    }
+    return n;
+  };
+}
+
+function nonNegativeInt(raw: string, where: string): number {
+  if (!/^\s*\d+\s*$/.test(raw)) throw `${where} must be a whole number, got '${raw}'`;
+  return Number(raw);
+}
+
+function imageType(raw: string, where: string): ImageType {
+  const t = raw.trim();
+  if (!(IMAGE_TYPES as readonly string[]).includes(t)) {
+    throw `${where}: unknown image type '${t}' (known: ${IMAGE_TYPES.join(", ")})`;
+  }
+  return t as ImageType;
+}
+
+function accelerator(raw: string, where: string): Accelerator {
+  if (!(ACCELERATORS as readonly string[]).includes(raw)) {
+    throw `${where}: unknown accelerator '${raw}' (choose one of ${ACCELERATORS.join(", ")})`;
+  }
+  return raw as Accelerator;
+}
+
+function nonEmpty(raw: string, where: string): string {
+  if (raw === "") throw `${where} must not be empty`;
+  return raw;
+}
+
+/** Items of a comma list (`-t qcow2,tar`, `-p a,b`), empty items dropped. */
+function commaItems(raw: string): string[] {
+  return raw
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+}
+
+// The table. Order is the order of --help.
+export const SETTINGS = [
+  row({
+    key: "imageName",
+    short: "o",
+    env: "IMAGE_NAME",
+    kind: "value",
+    metavar: "NAME",
+    help: "output image name, without extension",
+    parse: nonEmpty,
+    default: "image",
+  }),
+  row({
+    key: "types",
+    short: "t",
+    kind: "list",
+    metavar: "TYPE[,TYPE]",
+    help: `output formats, comma separated (${IMAGE_TYPES.join(", ")})`,
+    default: ["qcow2"],
+  }),
+  row({
+    key: "arch",
+    short: "a",
+    env: "ARCH",
+    kind: "value",
+    metavar: "ARCH",
+    help: "target architecture",
+    parse: nonEmpty,
+    default: "amd64",
+  }),
+  row({
+    key: "trace",
+    short: "x",
+    env: "DIB_DEBUG_TRACE",
+    kind: "count",
+    help: "trace element scripts (set -x); repeat for more detail",
+    default: 0,
+  }),
+  row({
+    key: "compress",
+    short: "u",
+    kind: "flag",
+    flagValue: false,
+    help: "uncompressed: do not compress qcow2 output",
+    default: true,
+  }),
+  row({
+    key: "clearEnv",
+    short: "c",
+    kind: "flag",
+    help: "clear the environment: pass no host variables into the build",
+    default: false,
+  }),
+  row({
+    key: "skipBase",
+    short: "n",
+    kind: "flag",
+    help: "skip the default inclusion of the 'base' element",
+    default: false,
+  }),
+  row({
+    key: "packages",
+    short: "p",
+    kind: "list",
+    metavar: "PKG[,PKG]",
+    help: "extra packages to install after install.d; repeatable",
+    default: [],
+  }),
+  row({
+    key: "checksum",
+    long: "checksum",
+    env: "DIB_CHECKSUM",
+    kind: "flag",
+    help: "write MD5 and SHA256 checksum files next to each image",
+    default: false,
+  }),
+  row({
+    key: "imageSizeGb",
+    long: "image-size",
+    env: "DIB_IMAGE_SIZE",
+    kind: "value",
+    metavar: "GB",
+    help: "image size in GB (default: computed from the tree)",
+    parse: positive("GB", 16384),
+    default: undefined,
+  }),
+  row({
+    key: "imageExtraSizeGb",
+    long: "image-extra-size",
+    env: "DIB_IMAGE_EXTRA_SIZE",
+    kind: "value",
+    metavar: "GB",
+    help: "extra free space in GB added to the computed image size",
+    parse: positive("GB", 16384),
+    default: undefined,
+  }),
+  row({
+    key: "imageCache",
+    long: "image-cache",
+    env: "DIB_IMAGE_CACHE",
+    kind: "value",
+    metavar: "DIR",
+    help: "directory for cached downloads (default: the vmdib cache directory)",
+    parse: nonEmpty,
+    default: undefined,
+  }),
+  row({
+    key: "maxOnlineResize",
+    long: "max-online-resize",
+    env: "MAX_ONLINE_RESIZE",
+    kind: "value",
+    metavar: "BLOCKS",
+    help: "largest size in filesystem blocks the root filesystem can be resized to online",
+    parse: nonNegativeInt,
+    default: undefined,
+  }),
+  row({
+    key: "minTmpfsGb",
+    long: "min-tmpfs",
+    env: "DIB_MIN_TMPFS",
+    kind: "value",
+    metavar: "GB",
+    help: "minimum tmpfs size in GB to build the tree in memory",
+    parse: positive("GB", 16384),
+    default: 2,
+  }),
+  row({
+    key: "journalSizeMb",
+    long: "mkfs-journal-size",
+    env: "DIB_JOURNAL_SIZE",
+    kind: "value",
+    metavar: "MB",
+    help: "ext4 journal size in MB",
+    parse: positive("MB", 10240),
+    default: 64,
+  }),
+  row({
+    key: "mkfsOptions",
+    long: "mkfs-options",
+    env: "MKFS_OPTS",
+    kind: "value",
+    metavar: "OPTS",
+    help: "options passed to mkfs for the root filesystem, as one string",
+    default: "",
+  }),
+  row({
+    key: "noTmpfs",
+    long: "no-tmpfs",
+    env: "DIB_NO_TMPFS",
+    kind: "flag",
+    help: "do not build the tree in tmpfs",
+    default: false,
+  }),
+  row({
+    key: "offline",
+    long: "offline",
+    env: "DIB_OFFLINE",
+    kind: "flag",
+    help: "do not update cached resources; work from the caches only",
+    default: false,
+  }),
+  row({
+    key: "qemuImgOptions",
+    long: "qemu-img-options",
+    env: "QEMU_IMG_OPTIONS",
+    kind: "value",
+    metavar: "K=V[,K=V]",
+    help: "options passed to qemu-img convert (-o)",
+    default: "",
+  }),
+  row({
+    key: "rootLabel",
+    long: "root-label",
+    kind: "value",
+    metavar: "LABEL",
+    help: "label of the root filesystem (default: cloudimg-rootfs, img-rootfs for xfs)",
+    parse: nonEmpty,
+    default: undefined,
+  }),
+  row({
+    key: "installType",
+    long: "install-type",
+    env: "DIB_DEFAULT_INSTALLTYPE",
+    kind: "value",
+    metavar: "TYPE",
+    help: "default installation type of elements: source or package",
+    parse: nonEmpty,
+    default: "source",
+  }),
+  row({
+    key: "dockerTarget",
+    long: "docker-target",
+    env: "DOCKER_TARGET",
+    kind: "value",
+    metavar: "REPO:TAG",
+    help: "repository and tag for the docker output (default: the image name)",
+    parse: nonEmpty,
+    default: undefined,
+  }),
+  row({
+    key: "logfile",
+    long: "logfile",
+    kind: "value",
+    metavar: "FILE",
+    help: "write the full build log to FILE",
+    parse: nonEmpty,
+    default: undefined,
+  }),
+  row({
+    key: "fsType",
+    env: "FS_TYPE",
+    kind: "value",
+    help: "root filesystem type",
+    parse: nonEmpty,
+    default: "ext4",
+  }),
+  row({
+    key: "blockDeviceConfig",
+    env: "DIB_BLOCK_DEVICE_CONFIG",
+    kind: "value",
+    help: "block-device YAML, inline or file://PATH",
+    default: undefined,
+  }),
+  row({
+    key: "elementsPath",
+    env: "ELEMENTS_PATH",
+    kind: "value",
+    help: "colon-separated element directories searched before vmdib's own",
+    parse: (raw) => raw.split(":").filter((p) => p !== ""),
+    default: [],
+  }),
+  row({
+    key: "dryRun",
+    long: "dry-run",
+    kind: "flag",
+    help: "print the build plan and exit without starting anything",
+    default: false,
+  }),
+  row({
+    key: "json",
+    long: "json",
+    kind: "flag",
+    help: "machine-readable output (with --dry-run: one JSON document)",
+    default: false,
+  }),
+  row({
+    key: "accel",
+    long: "accel",
+    env: "VMDIB_ACCEL",
+    kind: "value",
+    metavar: "kvm|hvf|tcg",
+    help: "accelerator for the helper VM (default: probed)",
+    parse: accelerator,
+    default: undefined,
+  }),
+  row({
+    key: "noCache",
+    long: "no-cache",
+    env: "VMDIB_NO_CACHE",
+    kind: "flag",
+    help: "bypass vmdib's build caches",
+    default: false,
+  }),
+  row({
+    key: "memoryMb",
+    long: "memory",
+    env: "VMDIB_MEMORY",
+    kind: "value",
+    metavar: "MB",
+    help: "memory of the helper VM in MB",
+    parse: positive("MB", 1048576),
+    default: 4096,
+  }),
+  row({ key: "help", short: "h", long: "help", kind: "flag", help: "show this help and exit", default: false }),
+  row({ key: "version", long: "version", kind: "flag", help: "show the version and exit", default: false }),
+] as const satisfies readonly Setting[];
+
+function flagName(s: Setting): string {
+  return s.long ? `--${s.long}` : `-${s.short}`;
+}
+
+/** Applies a raw string to a row, turning parser complaints into one UsageError naming where the value came from. */
+function parseValue(s: Setting, raw: string, where: string): unknown {
+  try {
+    if (s.key === "types") return commaItems(raw).map((t) => imageType(t, where));
+    if (s.kind === "list") return commaItems(raw);
+    return s.parse ? s.parse(raw, where) : raw;
+  } catch (message) {
+    if (typeof message !== "string") throw message;
+    throw new UsageError(message, { hint: `see \`vmdib help build\` for ${where}` });
+  }
+}
+
+/**
+ * argv (after `build`) + environment → options. Flags win over DIB's variables, which win over defaults.
+ * Options may follow elements (like getopt's permutation); `--` ends options.
+ */
+export function parseBuildArgs(argv: readonly string[], env: NodeJS.ProcessEnv): BuildOptions {
+  const values = new Map<string, unknown>();
+  const elements: string[] = [];
+  const byShort = new Map(SETTINGS.filter((s) => "short" in s).map((s) => [(s as Setting).short, s as Setting]));
+  const byLong = new Map(SETTINGS.filter((s) => "long" in s).map((s) => [(s as Setting).long, s as Setting]));
+
+  const set = (s: Setting, raw: string | undefined) => {
+    const where = flagName(s);
+    if (s.kind === "flag") values.set(s.key, s.flagValue ?? true);
+    else if (s.kind === "count") values.set(s.key, ((values.get(s.key) as number | undefined) ?? 0) + 1);
+    else if (s.kind === "list") {
+      const prior = (values.get(s.key) as unknown[] | undefined) ?? [];
+      values.set(s.key, [...prior, ...(parseValue(s, raw ?? "", where) as unknown[])]);
+    } else values.set(s.key, parseValue(s, raw ?? "", where));
+  };
+  const takes = (s: Setting) => s.kind === "value" || s.kind === "list";
+
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] as string;
+    if (arg === "--") {
+      elements.push(...argv.slice(i + 1));
+      break;
+    }
+    if (arg.startsWith("--")) {
+      const eq = arg.indexOf("=");
+      const name = arg.slice(2, eq < 0 ? undefined : eq);
+      const s = byLong.get(name);
+      if (!s) throw unknownOption(arg);
+      if (!takes(s)) {
+        if (eq >= 0) throw new UsageError(`option --${name} takes no value`, { hint: "see `vmdib help build`" });
+        set(s, undefined);
+      } else if (eq >= 0) set(s, arg.slice(eq + 1));
+      else {
+        const next = argv[++i];
+        if (next === undefined) throw missingValue(`--${name}`);
+        set(s, next);
+      }
+    } else if (arg.startsWith("-") && arg.length > 1) {
+      // Bundled short flags: `-xu`, and a value option last in the bundle or attached: `-oname`, `-o name`.
+      for (let j = 1; j < arg.length; j++) {
+        const s = byShort.get(arg[j] as string);
+        if (!s) throw unknownOption(`-${arg[j]}`);
+        if (!takes(s)) {
+          set(s, undefined);
+          continue;
+        }
+        const attached = arg.slice(j + 1);
+        if (attached !== "") set(s, attached);
+        else {
+          const next = argv[++i];
+          if (next === undefined) throw missingValue(`-${s.short}`);
+          set(s, next);
+        }
+        break;
+      }
+    } else elements.push(arg);
+  }
+
+  // -c clears the host environment: only flags and defaults count (DIB re-execs with `exec -c`).
+  const clear = values.get("clearEnv") === true;
+  const out: Record<string, unknown> = {};
+  for (const s of SETTINGS as readonly Setting[]) {
+    if (values.has(s.key)) out[s.key] = values.get(s.key);
+    else if (!clear && s.env && env[s.env] !== undefined && env[s.env] !== "") {
+      const raw = env[s.env] as string;
+      if (s.kind === "flag") out[s.key] = envBool(raw);
+      else if (s.kind === "count") out[s.key] = /^\d+$/.test(raw) ? Number(raw) : envBool(raw) ? 1 : 0;
+      else out[s.key] = parseValue(s, raw, s.env);
+    } else out[s.key] = s.default;
+  }
+  out.elements = elements;
+  const options = out as unknown as BuildOptions;
+  if (!options.help && !options.version) validate(options);
+  return Object.freeze(options);
+}
+
+function validate(o: BuildOptions): void {
+  if (o.elements.length === 0) {
+    throw new UsageError("no elements given: at least one distribution root element must be specified", {
+      hint: "for example: vmdib build -o out/debian vm debian-minimal",
+    });
+  }
+  if (o.types.length === 0)
+    throw new UsageError("-t names no image type", { hint: `use one of ${IMAGE_TYPES.join(", ")}` });
+}
+
+function unknownOption(arg: string): UsageError {
+  return new UsageError(`unknown option '${arg}'`, { hint: "run `vmdib help build` for the options" });
+}
+
+function missingValue(flag: string): UsageError {
+  return new UsageError(`option ${flag} needs a value`, { hint: "run `vmdib help build` for the options" });
+}
+
+/** `vmdib help build`, generated from SETTINGS so flags, variables and help cannot drift apart. */
+export function buildHelp(): string {
+  const lines = [
+    "usage: vmdib build [options] ELEMENT...",
+    "",
+    "Build a disk image from diskimage-builder elements.",
+    "",
+  ];
+  const flagRows: [string, string][] = [];
+  const envRows: [string, string][] = [];
+  for (const s of SETTINGS as readonly Setting[]) {
+    const spelled = [s.short && `-${s.short}`, s.long && `--${s.long}`].filter(Boolean).join(", ");
+    const def = describeDefault(s.default);
+    const help = `${s.help}${def ? ` [default: ${def}]` : ""}${s.env && spelled ? ` (env ${s.env})` : ""}`;
+    if (spelled) flagRows.push([`${spelled}${s.metavar ? ` ${s.metavar}` : ""}`, help]);
+    else if (s.env) envRows.push([s.env, help]);
+  }
+  const width = Math.max(...[...flagRows, ...envRows].map(([l]) => l.length));
+  lines.push("options:", ...flagRows.map(([l, h]) => `  ${l.padEnd(width)}  ${h}`));
+  lines.push("", "environment:", ...envRows.map(([l, h]) => `  ${l.padEnd(width)}  ${h}`));
+  lines.push(`  ${"DIB_*".padEnd(width)}  every DIB_* variable is passed to the element scripts`);
+  lines.push("", "Example:", "  vmdib build -o out/debian vm debian-minimal");
+  return `${lines.join("\n")}\n`;
+}
+
+function describeDefault(v: unknown): string {
+  if (v === undefined || v === false || v === "" || (Array.isArray(v) && v.length === 0)) return "";
+  if (v === true) return "";
+  return Array.isArray(v) ? v.join(",") : String(v);
+}
