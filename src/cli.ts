@@ -4,7 +4,12 @@ import type { Command, CommandContext } from "./commands/context.js";
 import { VmdibError } from "./errors.js";
 
 /** Subcommands, loaded lazily so `vmdib --version` stays fast. */
-const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {};
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  elements: {
+    summary: "print the element set a build would use (like DIB's element-info)",
+    load: async () => (await import("./commands/elements.js")).run,
+  },
+};
 
 function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length), 4);
