@@ -9,6 +9,10 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: "print the element set a build would use (like DIB's element-info)",
     load: async () => (await import("./commands/elements.js")).run,
   },
+  appliance: {
+    summary: "build or inspect the cached helper-VM appliance (kernel + initramfs)",
+    load: async () => (await import("./commands/appliance.js")).run,
+  },
 };
 
 function usage(): string {

@@ -1,0 +1,118 @@
+// `vmdib appliance build|info`: assemble (or reuse) the cached helper-VM appliance, and show what is cached.
+import { parseArgs } from "node:util";
+import { UsageError } from "../errors.js";
+import { type ApplianceEvent, ensureAppliance, listAppliances } from "../vm/appliance/index.js";
+import type { Command, CommandContext } from "./context.js";
+
+const HELP = `usage: vmdib appliance build [--offline] [--no-cache] [--init FILE]
+       vmdib appliance info [--verbose]
+
+build   assemble the helper VM's kernel and initramfs from Debian packages (cached by content)
+          --offline    use only the cached package index and .debs
+          --no-cache   rebuild even if an identical appliance is cached
+          --init FILE  use FILE as the appliance's /init instead of guest/init (development)
+info    list cached appliances: key, kernel, package count, sizes, creation date
+          --verbose    also every package and version
+`;
+
+function mb(n: number): string {
+  return `${(n / 1e6).toFixed(1)} MB`;
+}
+
+/** One human line per event, or nothing (per-package download noise is summarised). */
+export function formatEvent(e: ApplianceEvent): string | undefined {
+  const ms = (n: number | undefined) => (n === undefined ? "" : ` (${(n / 1000).toFixed(1)} s)`);
+  switch (e.type) {
+    case "index":
+      return `index: ${e.suite} from ${e.source === "network" ? "the mirror" : "the cache"}, signed ${e.date}`;
+    case "downloads":
+      return e.count
+        ? `downloading ${e.count} packages (${mb(e.bytes)}); ${e.cached} already cached`
+        : `all ${e.cached} packages are in the cache`;
+    case "download-start":
+      return undefined;
+    case "download-done":
+      return e.bytes > 5e6 ? `  fetched ${e.name} (${mb(e.bytes)})${ms(e.ms)}` : undefined;
+    case "step":
+      return `${e.message}${ms(e.ms)}`;
+    case "cache-hit":
+      return `reusing cached appliance ${e.key}`;
+    case "warning":
+      return `warning: ${e.message}`;
+  }
+}
+
+async function build(ctx: CommandContext, args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { offline: { type: "boolean" }, "no-cache": { type: "boolean" }, init: { type: "string" } },
+    strict: true,
+  });
+  const t0 = Date.now();
+  const a = await ensureAppliance({
+    env: ctx.env,
+    offline: values.offline ?? false,
+    noCache: values["no-cache"] ?? false,
+    signal: ctx.signal,
+    onEvent: (e) => {
+      const line = formatEvent(e);
+      if (line) ctx.stderr.write(`${line}\n`);
+    },
+    ...(values.init ? { initPath: values.init } : {}),
+  });
+  const m = a.manifest;
+  ctx.stdout.write(
+    [
+      `appliance ${a.key} ${a.reused ? "(cached)" : "(built)"} in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+      `  kernel  ${a.kernel} (${m.kernel.release}, ${mb(m.kernel.size)})`,
+      `  initrd  ${a.initrd} (${mb(m.initrd.size)}, ${m.packages.length} packages, ${m.modules.length} modules)`,
+      "",
+    ].join("\n"),
+  );
+  return 0;
+}
+
+async function info(ctx: CommandContext, args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { verbose: { type: "boolean", short: "v" } }, strict: true });
+  const list = await listAppliances(ctx.env);
+  if (!list.length) {
+    ctx.stdout.write("no cached appliance; run `vmdib appliance build`\n");
+    return 0;
+  }
+  for (const a of list) {
+    const m = a.manifest;
+    if (!m) {
+      ctx.stdout.write(`${a.key}  damaged: ${a.problem}  (${a.dir})\n`);
+      continue;
+    }
+    ctx.stdout.write(
+      [
+        `${a.key}  created ${m.createdAt}`,
+        `  dir       ${a.dir}`,
+        `  suite     ${m.suite}/${m.arch}, index signed ${m.indexDate}`,
+        `  kernel    ${m.kernel.package} ${m.kernel.version} (${m.kernel.release}), ${mb(m.kernel.size)}`,
+        `  initrd    ${mb(m.initrd.size)} (${m.initrd.compression})`,
+        `  packages  ${m.packages.length}, modules ${m.modules.length}`,
+        "",
+      ].join("\n"),
+    );
+    if (values.verbose) {
+      for (const p of m.packages) ctx.stdout.write(`    ${p.name} ${p.version}\n`);
+      ctx.stdout.write(`    modules: ${m.modules.join(" ")}\n`);
+    }
+  }
+  return 0;
+}
+
+export const run: Command = async (ctx) => {
+  const [sub, ...rest] = ctx.args;
+  if (sub === "build") return await build(ctx, rest);
+  if (sub === "info") return await info(ctx, rest);
+  if (sub === undefined || sub === "-h" || sub === "--help" || sub === "help") {
+    ctx.stdout.write(HELP);
+    return sub === undefined ? 2 : 0;
+  }
+  throw new UsageError(`unknown appliance subcommand '${sub}'`, {
+    hint: "use `vmdib appliance build` or `vmdib appliance info`",
+  });
+};

@@ -1,0 +1,262 @@
+// Talking to the Debian archive (effects): fetch and verify InRelease (gpgv), Packages (SHA256) and .debs, all cached
+// under the user's cache directory with write-to-temp-then-rename so concurrent builds never see a partial file.
+import { execFile } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { createReadStream, createWriteStream, existsSync } from "node:fs";
+import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { VmdibError } from "../../errors.js";
+import { spawnFilter } from "./deb.js";
+import { type DebPackage, type PackageIndex, parsePackages, parseReleaseSha256 } from "./packages.js";
+
+/** Progress the library reports; the CLI decides how to print it. */
+export type ApplianceEvent =
+  | { type: "index"; source: "network" | "cache"; suite: string; date: string }
+  | { type: "download-start"; name: string; bytes: number }
+  | { type: "download-done"; name: string; bytes: number; ms: number }
+  | { type: "downloads"; count: number; bytes: number; cached: number }
+  | { type: "step"; message: string; ms?: number }
+  | { type: "cache-hit"; key: string; dir: string }
+  | { type: "warning"; message: string };
+
+export type OnEvent = (e: ApplianceEvent) => void;
+
+export const DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+export interface ArchiveOptions {
+  mirror: string;
+  suite: string;
+  arch: string;
+  /** cacheDir() of the user. */
+  cacheRoot: string;
+  offline: boolean;
+  keyring: string;
+  signal?: AbortSignal;
+  onEvent?: OnEvent;
+}
+
+export interface LoadedIndex {
+  index: PackageIndex;
+  /** The verified InRelease's Date field. */
+  date: string;
+  /** SHA256 of the Packages file used (part of provenance in the manifest). */
+  packagesSha256: string;
+}
+
+function indexDir(o: ArchiveOptions): string {
+  const mirrorId = createHash("sha256").update(o.mirror).digest("hex").slice(0, 12);
+  return join(o.cacheRoot, "index", mirrorId, o.suite);
+}
+
+/** A temp name next to `dest`, unique per process and call, so concurrent writers never share one. */
+export function tempName(dest: string): string {
+  return join(dirname(dest), `.${basename(dest)}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
+}
+
+/** Write `data` to `dest` atomically. */
+export async function writeAtomic(dest: string, data: string | Buffer): Promise<void> {
+  await mkdir(dirname(dest), { recursive: true });
+  const tmp = tempName(dest);
+  await writeFile(tmp, data);
+  await rename(tmp, dest);
+}
+
+async function httpGet(url: string, mirror: string, signal: AbortSignal | undefined): Promise<Response> {
+  let res: Response;
+  try {
+    res = await fetch(url, { signal: signal ?? null });
+  } catch (err) {
+    if (signal?.aborted) throw signal.reason ?? err;
+    throw new VmdibError(`cannot reach the Debian mirror ${mirror}`, {
+      hint: "check the network, or set DIB_DISTRIBUTION_MIRROR to a reachable mirror; `--offline` works from the cache",
+      cause: err,
+      context: [
+        `GET ${url}: ${err instanceof Error ? ((err.cause as Error | undefined)?.message ?? err.message) : String(err)}`,
+      ],
+    });
+  }
+  if (!res.ok) {
+    throw new VmdibError(`the Debian mirror ${mirror} answered ${res.status} ${res.statusText} for ${url}`, {
+      hint: "check DIB_DISTRIBUTION_MIRROR (or the host's apt sources): it must be the directory that holds dists/ and pool/",
+    });
+  }
+  return res;
+}
+
+/** Download `url` to `dest`, checking SHA256 (and size) while streaming; only a verified file gets the final name. */
+export async function downloadVerified(
+  url: string,
+  dest: string,
+  want: { sha256: string; size?: number },
+  o: Pick<ArchiveOptions, "mirror" | "signal">,
+): Promise<void> {
+  const res = await httpGet(url, o.mirror, o.signal);
+  await mkdir(dirname(dest), { recursive: true });
+  const tmp = tempName(dest);
+  const hash = createHash("sha256");
+  let bytes = 0;
+  try {
+    const body = Readable.fromWeb(res.body as import("node:stream/web").ReadableStream<Uint8Array>);
+    body.on("data", (d: Buffer) => {
+      hash.update(d);
+      bytes += d.length;
+    });
+    await pipeline(body, createWriteStream(tmp), { signal: o.signal });
+    const got = hash.digest("hex");
+    if (got !== want.sha256 || (want.size !== undefined && bytes !== want.size)) {
+      throw new VmdibError(`checksum mismatch for ${url}`, {
+        hint: "the mirror served a file that does not match the signed index; retry, or use another mirror",
+        context: [
+          `expected sha256 ${want.sha256} (${want.size ?? "?"} bytes)`,
+          `got      sha256 ${got} (${bytes} bytes)`,
+        ],
+      });
+    }
+    await rename(tmp, dest);
+  } finally {
+    await rm(tmp, { force: true });
+  }
+}
+
+/** SHA256 of a file, streamed. */
+export async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  await pipeline(createReadStream(path), hash);
+  return hash.digest("hex");
+}
+
+/** Verify a clearsigned file with gpgv against `keyring`; returns the signed text exactly as gpgv vouches for it. */
+export async function verifyInRelease(path: string, keyring: string): Promise<string> {
+  if (!existsSync(keyring)) {
+    throw new VmdibError(`the Debian archive keyring ${keyring} does not exist`, {
+      hint: "install debian-archive-keyring (Debian/Ubuntu: apt install debian-archive-keyring), or point VMDIB_KEYRING at a copy",
+    });
+  }
+  return await new Promise((resolve, reject) => {
+    // --output - prints only the signed part, so nothing outside the signature can sneak into the index we parse.
+    execFile(
+      "gpgv",
+      ["--quiet", "--keyring", keyring, "--output", "-", path],
+      { maxBuffer: 64 << 20, encoding: "utf8" },
+      (err, stdout, stderr) => {
+        if (!err) return resolve(stdout);
+        const e = err as NodeJS.ErrnoException;
+        if (e.code === "ENOENT") {
+          return reject(
+            new VmdibError("gpgv is not installed", { hint: "install gpgv (Debian/Ubuntu: apt install gpgv)" }),
+          );
+        }
+        reject(
+          new VmdibError(`the signature of ${path} does not verify against ${keyring}`, {
+            hint: "the mirror's index is not signed by a Debian archive key: use another mirror, or update debian-archive-keyring",
+            context: stderr.trim().split("\n").slice(-5),
+          }),
+        );
+      },
+    );
+  });
+}
+
+/**
+ * The suite's Packages index for `arch`: InRelease fetched and signature-checked, then Packages.xz (or .gz) checked
+ * against the SHA256 it lists. Offline, the last verified copies in the cache are used (and re-verified).
+ */
+export async function loadIndex(o: ArchiveOptions): Promise<LoadedIndex> {
+  const dir = indexDir(o);
+  const inReleasePath = join(dir, "InRelease");
+  let signedText: string;
+  if (o.offline) {
+    if (!existsSync(inReleasePath)) {
+      throw new VmdibError(`--offline: no cached index of ${o.suite} from ${o.mirror}`, {
+        hint: "run `vmdib appliance build` once with network access first",
+      });
+    }
+    signedText = await verifyInRelease(inReleasePath, o.keyring);
+  } else {
+    const res = await httpGet(`${o.mirror}/dists/${o.suite}/InRelease`, o.mirror, o.signal);
+    const body = Buffer.from(await res.arrayBuffer());
+    await mkdir(dir, { recursive: true });
+    const tmp = tempName(inReleasePath);
+    try {
+      await writeFile(tmp, body);
+      signedText = await verifyInRelease(tmp, o.keyring);
+      await rename(tmp, inReleasePath);
+    } finally {
+      await rm(tmp, { force: true });
+    }
+  }
+  const date = /^Date:\s*(.*)$/m.exec(signedText)?.[1] ?? "";
+  o.onEvent?.({ type: "index", source: o.offline ? "cache" : "network", suite: o.suite, date });
+  const sums = parseReleaseSha256(signedText);
+  const candidates = ["xz", "gz"].map((ext) => ({ ext, rel: `main/binary-${o.arch}/Packages.${ext}` }));
+  const found = candidates.find((c) => sums.has(c.rel));
+  if (!found) throw new VmdibError(`InRelease of ${o.suite} lists no main/binary-${o.arch}/Packages.xz or .gz`);
+  const want = sums.get(found.rel) as { sha256: string; size: number };
+  const cached = join(dir, `Packages-${want.sha256.slice(0, 16)}.${found.ext}`);
+  if (!existsSync(cached) || (await sha256File(cached)) !== want.sha256) {
+    if (o.offline) {
+      throw new VmdibError(
+        `--offline: the cached Packages index of ${o.suite} is missing or does not match its InRelease`,
+        {
+          hint: "run `vmdib appliance build` once with network access first",
+        },
+      );
+    }
+    await downloadVerified(`${o.mirror}/dists/${o.suite}/${found.rel}`, cached, want, o);
+  }
+  const compressed = await readFile(cached);
+  const text =
+    found.ext === "xz"
+      ? await streamToString(spawnFilter("xz", ["-dc"], compressed))
+      : (await import("node:zlib")).gunzipSync(compressed).toString("utf8");
+  return { index: parsePackages(text, o.arch), date, packagesSha256: want.sha256 };
+}
+
+async function streamToString(s: Readable): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of s) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+export interface FetchedDeb {
+  pkg: DebPackage;
+  path: string;
+}
+
+/**
+ * Every package's .deb in cacheRoot/debs (shared by all builds), downloading what is missing (4 at a time) and
+ * checking each against the SHA256 from the signed index — also the cached ones, so a corrupted cache is noticed.
+ */
+export async function fetchDebs(pkgs: DebPackage[], o: ArchiveOptions): Promise<FetchedDeb[]> {
+  const dir = join(o.cacheRoot, "debs");
+  await mkdir(dir, { recursive: true });
+  const out: FetchedDeb[] = pkgs.map((pkg) => ({ pkg, path: join(dir, basename(pkg.filename)) }));
+  const todo: FetchedDeb[] = [];
+  for (const d of out) {
+    const ok =
+      existsSync(d.path) && (await stat(d.path)).size === d.pkg.size && (await sha256File(d.path)) === d.pkg.sha256;
+    if (!ok) todo.push(d);
+  }
+  const bytes = todo.reduce((n, d) => n + d.pkg.size, 0);
+  o.onEvent?.({ type: "downloads", count: todo.length, bytes, cached: out.length - todo.length });
+  if (todo.length && o.offline) {
+    throw new VmdibError(`--offline: ${todo.length} package(s) are not in the cache`, {
+      hint: "run `vmdib appliance build` once with network access first",
+      context: todo.slice(0, 10).map((d) => `${d.pkg.name} ${d.pkg.version}`),
+    });
+  }
+  let next = 0;
+  const worker = async () => {
+    while (next < todo.length) {
+      const d = todo[next++] as FetchedDeb;
+      const t0 = Date.now();
+      o.onEvent?.({ type: "download-start", name: d.pkg.name, bytes: d.pkg.size });
+      await downloadVerified(`${o.mirror}/${d.pkg.filename}`, d.path, { sha256: d.pkg.sha256, size: d.pkg.size }, o);
+      o.onEvent?.({ type: "download-done", name: d.pkg.name, bytes: d.pkg.size, ms: Date.now() - t0 });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(4, todo.length) }, worker));
+  return out;
+}

@@ -1,0 +1,275 @@
+// The appliance, content-addressed in the cache: ensureAppliance() resolves, reuses or builds it; listAppliances() reads
+// what is cached. Key = hash(builder version, resolved package versions + hashes, appliance.yaml, guest/init).
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { VmdibError } from "../../errors.js";
+import { resolveMirror } from "../../mirror.js";
+import { cacheDir, GUEST_DIR } from "../../paths.js";
+import { DEFAULT_KEYRING, fetchDebs, loadIndex, type OnEvent, sha256File } from "./archive.js";
+import { assembleAppliance } from "./build.js";
+import { resolveClosure } from "./closure.js";
+import type { DebPackage, PackageIndex } from "./packages.js";
+import { loadApplianceSpec } from "./spec.js";
+
+export type { ApplianceEvent, OnEvent } from "./archive.js";
+
+/** Bump when the assembly changes in a way that must invalidate cached appliances. */
+export const BUILDER_VERSION = 1;
+
+export interface ApplianceFile {
+  /** File name inside the appliance directory. */
+  file: string;
+  size: number;
+  sha256: string;
+}
+
+export interface ApplianceManifest {
+  builderVersion: number;
+  key: string;
+  createdAt: string;
+  mirror: string;
+  suite: string;
+  arch: string;
+  /** Date of the signed InRelease the packages came from. */
+  indexDate: string;
+  packagesIndexSha256: string;
+  kernel: ApplianceFile & { package: string; version: string; release: string };
+  initrd: ApplianceFile & { compression: "none" };
+  packages: { name: string; version: string; sha256: string; size: number }[];
+  /** Kernel modules in the initramfs, in load order (also /etc/vmdib/modules in the guest). */
+  modules: string[];
+  /** Paths shipped by more than one package (the first one won). */
+  conflicts: string[];
+}
+
+export interface Appliance {
+  /** The cache directory holding kernel, initrd and manifest.json. */
+  dir: string;
+  /** Absolute path of the kernel image (bzImage). */
+  kernel: string;
+  /** Absolute path of the initramfs (newc cpio). */
+  initrd: string;
+  key: string;
+  manifest: ApplianceManifest;
+  /** True when an existing cached appliance was used. */
+  reused: boolean;
+}
+
+export interface EnsureApplianceOptions {
+  env: NodeJS.ProcessEnv;
+  /** No network: use the cached index and .debs, or fail. */
+  offline: boolean;
+  /** Rebuild even if a cached appliance with the same key exists (its .debs are still reused). */
+  noCache?: boolean;
+  onEvent?: OnEvent;
+  signal?: AbortSignal;
+  /** Defaults to guest/ of the installed package (appliance.yaml and init are read from it). */
+  guestDir?: string;
+  /** Defaults to <guestDir>/init. */
+  initPath?: string;
+}
+
+function applianceRoot(cacheRoot: string): string {
+  return join(cacheRoot, "appliance");
+}
+
+/** The kernel image package a kernel (meta-)package name stands for, e.g. linux-image-amd64 → linux-image-6.1.0-50-amd64. */
+export function resolveKernelPackage(index: PackageIndex, name: string): DebPackage {
+  const pkg = index.packages.get(name);
+  if (!pkg) throw new VmdibError(`kernel package '${name}' is not in the archive index`);
+  if (/^linux-image-\d/.test(pkg.name)) return pkg;
+  const dep = pkg.depends
+    .split(",")
+    .map((d) => d.trim().split(/[\s(|]/)[0] ?? "")
+    .find((d) => /^linux-image-\d/.test(d));
+  const real = dep ? index.packages.get(dep) : undefined;
+  if (!real) throw new VmdibError(`kernel meta-package '${name}' does not depend on a linux-image-<version> package`);
+  return real;
+}
+
+/** The cache key of an appliance (pure). */
+export function applianceKey(parts: {
+  packages: DebPackage[];
+  kernel: DebPackage;
+  yaml: string;
+  init: Buffer;
+}): string {
+  const h = createHash("sha256");
+  h.update(`vmdib-appliance ${BUILDER_VERSION}\n`);
+  for (const p of [...parts.packages, parts.kernel]) h.update(`${p.name} ${p.version} ${p.sha256}\n`);
+  h.update(`yaml ${createHash("sha256").update(parts.yaml).digest("hex")}\n`);
+  h.update(`init ${createHash("sha256").update(parts.init).digest("hex")}\n`);
+  return h.digest("hex").slice(0, 16);
+}
+
+/** Is the cached appliance in `dir` complete and uncorrupted? Returns its manifest, or why not. */
+export async function checkAppliance(dir: string): Promise<{ manifest?: ApplianceManifest; problem?: string }> {
+  let manifest: ApplianceManifest;
+  try {
+    manifest = JSON.parse(await readFile(join(dir, "manifest.json"), "utf8")) as ApplianceManifest;
+  } catch {
+    return { problem: "no readable manifest.json" };
+  }
+  for (const f of [manifest.kernel, manifest.initrd]) {
+    const path = join(dir, f.file);
+    if (!existsSync(path)) return { problem: `${f.file} is missing` };
+    if ((await stat(path)).size !== f.size) return { problem: `${f.file} has the wrong size` };
+    if ((await sha256File(path)) !== f.sha256) return { problem: `${f.file} does not match its sha256` };
+  }
+  return { manifest };
+}
+
+/**
+ * The appliance for the current guest/ declaration: from the cache when its key matches and its files verify,
+ * else built (downloading what the .deb cache lacks). Safe under concurrent callers: each builds in its own temp
+ * directory and renames it into place; the loser of a race uses the winner's result.
+ */
+export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<Appliance> {
+  const { env, offline, onEvent, signal } = opts;
+  const guestDir = opts.guestDir ?? GUEST_DIR;
+  const spec = loadApplianceSpec(guestDir);
+  const initPath = opts.initPath ?? join(guestDir, "init");
+  let init: Buffer;
+  try {
+    init = await readFile(initPath);
+  } catch (err) {
+    throw new VmdibError(`the appliance's init script ${initPath} is missing`, {
+      cause: err,
+      hint: "guest/init is part of vmdib; reinstall it, or pass another init with --init FILE",
+    });
+  }
+  const cacheRoot = cacheDir(env);
+  const mirror = resolveMirror(env);
+  const archive = {
+    mirror,
+    suite: spec.suite,
+    arch: spec.arch,
+    cacheRoot,
+    offline,
+    keyring: env.VMDIB_KEYRING || DEFAULT_KEYRING,
+    ...(signal ? { signal } : {}),
+    ...(onEvent ? { onEvent } : {}),
+  };
+  let t0 = Date.now();
+  const loaded = await loadIndex(archive);
+  const roots = [...spec.packages];
+  if (spec.essential) {
+    for (const p of loaded.index.packages.values())
+      if (p.essential && !spec.exclude.includes(p.name)) roots.push(p.name);
+  }
+  const closure = resolveClosure(loaded.index, [...new Set(roots)].sort(), { exclude: spec.exclude, arch: spec.arch });
+  const kernelPkg = resolveKernelPackage(loaded.index, spec.kernel);
+  const key = applianceKey({ packages: closure.packages, kernel: kernelPkg, yaml: spec.text, init });
+  onEvent?.({
+    type: "step",
+    message: `resolved ${closure.packages.length} packages + ${kernelPkg.name}, key ${key}`,
+    ms: Date.now() - t0,
+  });
+
+  const root = applianceRoot(cacheRoot);
+  const dir = join(root, key);
+  if (!opts.noCache && existsSync(dir)) {
+    const check = await checkAppliance(dir);
+    if (check.manifest) {
+      onEvent?.({ type: "cache-hit", key, dir });
+      return toAppliance(dir, check.manifest, true);
+    }
+    onEvent?.({ type: "warning", message: `cached appliance ${key} is damaged (${check.problem}); rebuilding it` });
+  }
+
+  t0 = Date.now();
+  const debs = await fetchDebs([...closure.packages, kernelPkg], archive);
+  onEvent?.({ type: "step", message: "packages fetched and verified", ms: Date.now() - t0 });
+  const kernelDeb = debs.find((d) => d.pkg.name === kernelPkg.name);
+  if (!kernelDeb) throw new Error("kernel package missing after fetch");
+
+  await mkdir(root, { recursive: true });
+  const tmp = join(root, `.tmp-${key}-${process.pid}-${randomBytes(4).toString("hex")}`);
+  await mkdir(tmp);
+  try {
+    t0 = Date.now();
+    const indexTime = Date.parse(loaded.date);
+    const result = await assembleAppliance({
+      debs: debs.filter((d) => d !== kernelDeb),
+      kernelDeb,
+      modules: spec.modules,
+      drop: spec.drop,
+      init,
+      mtime: Number.isFinite(indexTime) ? Math.floor(indexTime / 1000) : 0,
+      outDir: tmp,
+      ...(onEvent ? { onEvent } : {}),
+      ...(signal ? { signal } : {}),
+    });
+    onEvent?.({ type: "step", message: `initramfs assembled (${result.initrdBytes} bytes)`, ms: Date.now() - t0 });
+    const fileInfo = async (path: string, file: string): Promise<ApplianceFile> => ({
+      file,
+      size: (await stat(path)).size,
+      sha256: await sha256File(path),
+    });
+    const manifest: ApplianceManifest = {
+      builderVersion: BUILDER_VERSION,
+      key,
+      createdAt: new Date().toISOString(),
+      mirror,
+      suite: spec.suite,
+      arch: spec.arch,
+      indexDate: loaded.date,
+      packagesIndexSha256: loaded.packagesSha256,
+      kernel: {
+        ...(await fileInfo(result.kernelFile, "vmlinuz")),
+        package: kernelPkg.name,
+        version: kernelPkg.version,
+        release: result.kernelRelease,
+      },
+      initrd: { ...(await fileInfo(result.initrdFile, "initrd.img")), compression: "none" },
+      packages: closure.packages.map((p) => ({ name: p.name, version: p.version, sha256: p.sha256, size: p.size })),
+      modules: result.modules,
+      conflicts: result.conflicts,
+    };
+    await writeFile(join(tmp, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
+    if (existsSync(dir)) await rm(dir, { recursive: true, force: true }); // damaged, or --no-cache
+    try {
+      await rename(tmp, dir);
+    } catch (err) {
+      // Another build of the same key won the race: use its (verified) result.
+      const check = await checkAppliance(dir);
+      if (!check.manifest) throw err;
+      return toAppliance(dir, check.manifest, true);
+    }
+    return toAppliance(dir, manifest, false);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
+function toAppliance(dir: string, manifest: ApplianceManifest, reused: boolean): Appliance {
+  return {
+    dir,
+    kernel: join(dir, manifest.kernel.file),
+    initrd: join(dir, manifest.initrd.file),
+    key: manifest.key,
+    manifest,
+    reused,
+  };
+}
+
+/** Every cached appliance (newest first), with its manifest; damaged ones are listed with `problem`. */
+export async function listAppliances(
+  env: NodeJS.ProcessEnv,
+): Promise<{ dir: string; key: string; manifest?: ApplianceManifest; problem?: string }[]> {
+  const root = applianceRoot(cacheDir(env));
+  let names: string[];
+  try {
+    names = (await readdir(root)).filter((n) => !n.startsWith("."));
+  } catch {
+    return [];
+  }
+  const out = [];
+  for (const key of names) {
+    const dir = join(root, key);
+    out.push({ dir, key, ...(await checkAppliance(dir)) });
+  }
+  return out.sort((a, b) => (b.manifest?.createdAt ?? "").localeCompare(a.manifest?.createdAt ?? ""));
+}

@@ -1,0 +1,225 @@
+// Streaming tar reader (ustar, GNU long names, pax): async-iterates entries of a byte stream, one body in memory at a time.
+
+export type TarType = "file" | "hardlink" | "symlink" | "chardev" | "blockdev" | "dir" | "fifo";
+
+export interface TarEntry {
+  /** Path as stored, e.g. "./usr/bin/ls" or "usr/bin/" (callers normalise). */
+  path: string;
+  type: TarType;
+  /** Permission bits including setuid/setgid/sticky (no file-type bits). */
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: number;
+  /** Symlink target, or the path a hard link refers to. */
+  linkname: string;
+  devmajor: number;
+  devminor: number;
+  /** File contents (empty for everything but regular files). */
+  data: Buffer;
+}
+
+const TYPES: Record<string, TarType> = {
+  "0": "file",
+  "\0": "file",
+  "7": "file",
+  "1": "hardlink",
+  "2": "symlink",
+  "3": "chardev",
+  "4": "blockdev",
+  "5": "dir",
+  "6": "fifo",
+};
+
+/** Byte source with "give me exactly n bytes" on top of an async iterable of chunks. */
+class ByteReader {
+  private chunks: Buffer[] = [];
+  private length = 0;
+  private done = false;
+  private readonly it: AsyncIterator<Buffer | string>;
+
+  constructor(source: AsyncIterable<Buffer | string>) {
+    this.it = source[Symbol.asyncIterator]();
+  }
+
+  /** Exactly n bytes, or undefined if the stream ends first (only when no bytes at all are left with `allowEof`). */
+  async read(n: number): Promise<Buffer | undefined> {
+    while (this.length < n && !this.done) {
+      const r = await this.it.next();
+      if (r.done) this.done = true;
+      else {
+        const b = typeof r.value === "string" ? Buffer.from(r.value) : r.value;
+        this.chunks.push(b);
+        this.length += b.length;
+      }
+    }
+    if (this.length < n) return undefined;
+    const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks, this.length);
+    const out = all.subarray(0, n);
+    const rest = all.subarray(n);
+    this.chunks = rest.length ? [rest] : [];
+    this.length = rest.length;
+    return n === all.length ? out : Buffer.from(out); // copy so the big concat buffer can be freed
+  }
+
+  async skip(n: number): Promise<void> {
+    if (n > 0 && !(await this.read(n))) throw new Error("tar stream truncated");
+  }
+
+  async close(): Promise<void> {
+    await this.it.return?.();
+  }
+}
+
+function str(b: Buffer, off: number, len: number): string {
+  const s = b.subarray(off, off + len);
+  const nul = s.indexOf(0);
+  return s.subarray(0, nul < 0 ? len : nul).toString("utf8");
+}
+
+/** Octal (with NUL/space padding) or GNU base-256 (high bit of the first byte set) numeric field. */
+function num(b: Buffer, off: number, len: number): number {
+  const first = b[off] ?? 0;
+  if (first & 0x80) {
+    let v = first & 0x7f;
+    for (let i = 1; i < len; i++) v = v * 256 + (b[off + i] ?? 0);
+    return v;
+  }
+  const s = str(b, off, len).trim();
+  return s ? Number.parseInt(s, 8) : 0;
+}
+
+function checksumOk(h: Buffer): boolean {
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 32 : (h[i] ?? 0);
+  return sum === num(h, 148, 8);
+}
+
+/** pax extended header records: "len key=value\n"… */
+function parsePax(data: Buffer): Map<string, string> {
+  const out = new Map<string, string>();
+  let off = 0;
+  while (off < data.length) {
+    const sp = data.indexOf(0x20, off);
+    if (sp < 0) break;
+    const len = Number.parseInt(data.subarray(off, sp).toString("latin1"), 10);
+    if (!len) break;
+    const rec = data.subarray(sp + 1, off + len - 1).toString("utf8");
+    const eq = rec.indexOf("=");
+    if (eq > 0) out.set(rec.slice(0, eq), rec.slice(eq + 1));
+    off += len;
+  }
+  return out;
+}
+
+/** Entries of a tar stream. Stops at the end-of-archive marker (two zero blocks) or the end of the stream. */
+export async function* readTar(source: AsyncIterable<Buffer | string>): AsyncGenerator<TarEntry> {
+  const r = new ByteReader(source);
+  let longName: string | undefined;
+  let longLink: string | undefined;
+  let pax = new Map<string, string>();
+  try {
+    for (;;) {
+      const h = await r.read(512);
+      if (!h) return;
+      if (h.every((x) => x === 0)) return;
+      if (!checksumOk(h)) throw new Error("tar header checksum mismatch (corrupt or not a tar stream)");
+      const typeflag = String.fromCharCode(h[156] ?? 0);
+      let size = num(h, 124, 12);
+      if (pax.has("size")) size = Number(pax.get("size"));
+      const padded = Math.ceil(size / 512) * 512;
+      if (typeflag === "L" || typeflag === "K" || typeflag === "x" || typeflag === "g") {
+        const body = size ? await r.read(size) : Buffer.alloc(0);
+        if (!body) throw new Error("tar stream truncated");
+        await r.skip(padded - size);
+        if (typeflag === "L") longName = str(body, 0, body.length);
+        else if (typeflag === "K") longLink = str(body, 0, body.length);
+        else if (typeflag === "x") pax = parsePax(body);
+        continue;
+      }
+      const type = TYPES[typeflag];
+      const magic = str(h, 257, 6);
+      const prefix = magic.startsWith("ustar") && h[345] !== 0 ? str(h, 345, 155) : "";
+      const path = pax.get("path") ?? longName ?? (prefix ? `${prefix}/${str(h, 0, 100)}` : str(h, 0, 100));
+      const linkname = pax.get("linkpath") ?? longLink ?? str(h, 157, 100);
+      const entry: TarEntry = {
+        path,
+        type: type ?? "file",
+        mode: num(h, 100, 8) & 0o7777,
+        uid: pax.has("uid") ? Number(pax.get("uid")) : num(h, 108, 8),
+        gid: pax.has("gid") ? Number(pax.get("gid")) : num(h, 116, 8),
+        mtime: pax.has("mtime") ? Math.floor(Number(pax.get("mtime"))) : num(h, 136, 12),
+        linkname,
+        devmajor: num(h, 329, 8),
+        devminor: num(h, 337, 8),
+        data: Buffer.alloc(0),
+      };
+      longName = undefined;
+      longLink = undefined;
+      pax = new Map();
+      if (!type) throw new Error(`unsupported tar entry type '${typeflag}' for ${path}`);
+      if (entry.type === "file") {
+        const body = size ? await r.read(size) : Buffer.alloc(0);
+        if (!body) throw new Error(`tar stream truncated in ${path}`);
+        entry.data = body;
+        await r.skip(padded - size);
+      } else {
+        await r.skip(padded);
+      }
+      yield entry;
+    }
+  } finally {
+    await r.close();
+  }
+}
+
+/** A tar archive from entries (pure; ustar with GNU long names). Used by tests and fixtures. */
+export function buildTar(entries: Partial<TarEntry>[]): Buffer {
+  const blocks: Buffer[] = [];
+  const flag: Record<TarType, string> = {
+    file: "0",
+    hardlink: "1",
+    symlink: "2",
+    chardev: "3",
+    blockdev: "4",
+    dir: "5",
+    fifo: "6",
+  };
+  const header = (name: string, typeflag: string, size: number, e: Partial<TarEntry>) => {
+    const h = Buffer.alloc(512);
+    h.write(name.slice(0, 100), 0, "utf8");
+    h.write(`${((e.mode ?? 0o644) & 0o7777).toString(8).padStart(7, "0")}\0`, 100);
+    h.write(`${(e.uid ?? 0).toString(8).padStart(7, "0")}\0`, 108);
+    h.write(`${(e.gid ?? 0).toString(8).padStart(7, "0")}\0`, 116);
+    h.write(`${size.toString(8).padStart(11, "0")}\0`, 124);
+    h.write(`${(e.mtime ?? 0).toString(8).padStart(11, "0")}\0`, 136);
+    h.write(typeflag, 156);
+    h.write((e.linkname ?? "").slice(0, 100), 157);
+    h.write("ustar  \0", 257); // GNU magic + version
+    h.write(`${(e.devmajor ?? 0).toString(8).padStart(7, "0")}\0`, 329);
+    h.write(`${(e.devminor ?? 0).toString(8).padStart(7, "0")}\0`, 337);
+    h.write("        ", 148);
+    let sum = 0;
+    for (const b of h) sum += b;
+    h.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+    return h;
+  };
+  const body = (data: Buffer) => [data, Buffer.alloc((512 - (data.length % 512)) % 512)];
+  for (const e of entries) {
+    const path = e.path ?? "";
+    const data = e.data ?? Buffer.alloc(0);
+    if (Buffer.byteLength(path) > 100) {
+      const n = Buffer.from(`${path}\0`);
+      blocks.push(header("././@LongLink", "L", n.length, {}), ...body(n));
+    }
+    if (Buffer.byteLength(e.linkname ?? "") > 100) {
+      const n = Buffer.from(`${e.linkname}\0`);
+      blocks.push(header("././@LongLink", "K", n.length, {}), ...body(n));
+    }
+    const type = e.type ?? "file";
+    blocks.push(header(path, flag[type], type === "file" ? data.length : 0, e));
+    if (type === "file") blocks.push(...body(data));
+  }
+  blocks.push(Buffer.alloc(1024));
+  return Buffer.concat(blocks);
+}
