@@ -2,9 +2,14 @@
 
 import type { Command, CommandContext } from "./commands/context.js";
 import { VmdibError } from "./errors.js";
+import { VERSION } from "./version.js";
 
 /** Subcommands, loaded lazily so `vmdib --version` stays fast. */
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  build: {
+    summary: "build a disk image from elements (like disk-image-create)",
+    load: async () => (await import("./commands/build.js")).run,
+  },
   elements: {
     summary: "print the element set a build would use (like DIB's element-info)",
     load: async () => (await import("./commands/elements.js")).run,
@@ -13,6 +18,21 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: "build or inspect the cached helper-VM appliance (kernel + initramfs)",
     load: async () => (await import("./commands/appliance.js")).run,
   },
+  help: { summary: "show help for a command", load: async () => helpCommand },
+};
+
+/** `vmdib help [COMMAND]`: a command's help is what `vmdib COMMAND --help` prints. */
+const helpCommand: Command = async (ctx) => {
+  const [name] = ctx.args;
+  if (name === undefined) {
+    ctx.stdout.write(`${usage()}\n`);
+    return 0;
+  }
+  const command = COMMANDS[name];
+  if (!command || name === "help") {
+    throw new VmdibError(`no help for unknown command '${name}'`, { exitCode: 2, hint: "run `vmdib --help`" });
+  }
+  return (await command.load())({ ...ctx, args: ["--help"] });
 };
 
 function usage(): string {
@@ -35,6 +55,10 @@ export async function main(argv: string[], ctx: Omit<CommandContext, "args">): P
     if (name === undefined || name === "-h" || name === "--help") {
       ctx.stdout.write(`${usage()}\n`);
       return name === undefined ? 2 : 0;
+    }
+    if (name === "--version") {
+      ctx.stdout.write(`vmdib ${VERSION}\n`);
+      return 0;
     }
     const command = COMMANDS[name];
     if (!command) {

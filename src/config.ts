@@ -1,4 +1,5 @@
 // One SETTINGS table for `vmdib build`: flag, DIB environment variable, parser, default and help → frozen options.
+import { parseImageSizeFlag } from "./blockdev/size.js";
 import { UsageError } from "./errors.js";
 
 /** Output formats `-t` accepts, as disk-image-create names them. */
@@ -32,8 +33,10 @@ export interface BuildOptions {
   readonly skipBase: boolean;
   readonly packages: readonly string[];
   readonly checksum: boolean;
-  readonly imageSizeGb: number | undefined;
-  readonly imageExtraSizeGb: number | undefined;
+  /** --image-size in bytes (a plain number is GB, as in DIB). */
+  readonly imageSize: number | undefined;
+  /** --image-extra-size in bytes. */
+  readonly imageExtraSize: number | undefined;
   readonly imageCache: string | undefined;
   readonly maxOnlineResize: number | undefined;
   readonly minTmpfsGb: number;
@@ -208,23 +211,23 @@ export const SETTINGS = [
     default: false,
   }),
   row({
-    key: "imageSizeGb",
+    key: "imageSize",
     long: "image-size",
     env: "DIB_IMAGE_SIZE",
     kind: "value",
-    metavar: "GB",
-    help: "image size in GB (default: computed from the tree)",
-    parse: positive("GB", 16384),
+    metavar: "SIZE",
+    help: "image size: GB, or with a unit (512M, 2G) (default: computed from the tree)",
+    parse: parseImageSizeFlag,
     default: undefined,
   }),
   row({
-    key: "imageExtraSizeGb",
+    key: "imageExtraSize",
     long: "image-extra-size",
     env: "DIB_IMAGE_EXTRA_SIZE",
     kind: "value",
-    metavar: "GB",
-    help: "extra free space in GB added to the computed image size",
-    parse: positive("GB", 16384),
+    metavar: "SIZE",
+    help: "extra free space added to the computed image size: GB, or with a unit",
+    parse: parseImageSizeFlag,
     default: undefined,
   }),
   row({

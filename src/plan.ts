@@ -5,22 +5,25 @@ import { PHASES, type PhaseWhere } from "./elements/phases.js";
 
 /** Fixed places inside the helper VM; the guest driver (guest/dib) uses the same layout. */
 export const GUEST_PATHS = {
-  /** Per-build work directory shared read-write from the host. */
+  /** Per-build work directory shared read-write from the host: env, merged hooks, element links, outputs. */
   work: "/vmdib/work",
-  /** The merged hook tree (DIB's TMP_HOOKS_PATH), assembled on the host. */
-  hooks: "/vmdib/work/hooks",
+  /** The guest driver (guest/dib: run-phase, dib-run-parts, DIB's lib), copied into the work directory. */
+  driver: "/vmdib/work/dib",
+  lib: "/vmdib/work/dib/lib",
   /** Element search directories, shared read-only, one per ELEMENTS_PATH entry: /vmdib/elements/<n>. */
   elements: "/vmdib/elements",
-  /** DIB's lib (img-functions, common-functions, dib-run-parts...) shipped in guest/dib. */
-  lib: "/vmdib/work/lib",
-  /** Build directory on the scratch disk or tmpfs (DIB's TMP_BUILD_DIR). */
+  /** Build directory on the guest's own scratch space (DIB's TMP_BUILD_DIR): device nodes and owners work there. */
   build: "/vmdib/build",
+  /** Writable copy of the merged hooks (DIB's TMP_HOOKS_PATH outside the chroot). */
+  hooks: "/vmdib/build/hooks",
   /** The image tree while elements run (DIB's TARGET_ROOT / TMP_MOUNT_PATH). */
   targetRoot: "/vmdib/build/mnt",
   /** Where the raw image file is made (DIB's TMP_IMAGE_DIR). */
-  imageDir: "/vmdib/image",
+  imageDir: "/vmdib/build/image",
   /** DIB_IMAGE_CACHE inside the guest. */
   imageCache: "/vmdib/cache",
+  /** Outputs the guest writes for the host (manifests under <name>.d/, tar, squashfs). */
+  out: "/vmdib/work/out",
 } as const;
 
 export interface PlanElement {
@@ -171,7 +174,8 @@ function commonEnv(inputs: PlanInputs, elementYaml: string): Record<string, stri
   const env: Record<string, string> = {
     ...inputs.passEnv,
     ARCH: o.arch,
-    IMAGE_NAME: basename(outputName(o)),
+    // The guest's output prefix: manifests land in IMAGE_NAME.d/, tar and squashfs next to it.
+    IMAGE_NAME: `${GUEST_PATHS.out}/${basename(outputName(o))}`,
     IMAGE_ELEMENT: inputs.elements.map((e) => e.name).join(" "),
     IMAGE_ELEMENT_YAML: elementYaml,
     DIB_DEBUG_TRACE: String(o.trace),
@@ -185,8 +189,9 @@ function commonEnv(inputs: PlanInputs, elementYaml: string): Record<string, stri
     FS_TYPE: o.fsType,
     _LIB: GUEST_PATHS.lib,
   };
-  if (o.imageSizeGb !== undefined) env.DIB_IMAGE_SIZE = String(o.imageSizeGb);
-  if (o.imageExtraSizeGb !== undefined) env.DIB_IMAGE_EXTRA_SIZE = String(o.imageExtraSizeGb);
+  // DIB's scripts read these in GB.
+  if (o.imageSize !== undefined) env.DIB_IMAGE_SIZE = String(o.imageSize / 1024 ** 3);
+  if (o.imageExtraSize !== undefined) env.DIB_IMAGE_EXTRA_SIZE = String(o.imageExtraSize / 1024 ** 3);
   if (o.maxOnlineResize !== undefined) env.MAX_ONLINE_RESIZE = String(o.maxOnlineResize);
   if (o.mkfsOptions) env.MKFS_OPTS = o.mkfsOptions;
   if (o.rootLabel) env.DIB_ROOT_LABEL = o.rootLabel;
@@ -225,7 +230,8 @@ export function buildPlan(inputs: PlanInputs): BuildPlan {
     });
     const after = STEPS_AFTER[phase.name];
     if (after && (after.name !== "packages" || inputs.options.packages.length > 0)) {
-      steps.push({ ...after, scripts: [], env: after.where === "chroot" ? CHROOT_ENV : OUTSIDE_ENV });
+      const env = after.where === "chroot" ? CHROOT_ENV : after.where === "host" ? {} : OUTSIDE_ENV;
+      steps.push({ ...after, scripts: [], env });
     }
   }
 
@@ -264,7 +270,7 @@ export function renderPlan(plan: BuildPlan): string {
     out.push(
       `  ${s.name.padEnd(13)} [${s.where}] ${s.description}${s.scripts.length === 0 && s.kind === "phase" ? " (none)" : ""}`,
     );
-    if (s.scripts.length > 0 || s.kind === "step") out.push(`  ${"".padEnd(13)}   env: ${extra}`);
+    if (extra && (s.scripts.length > 0 || s.kind === "step")) out.push(`  ${"".padEnd(13)}   env: ${extra}`);
     for (const sc of s.scripts) out.push(`  ${"".padEnd(13)}   ${sc.name}  (${sc.element})`);
   }
   out.push("", "Block device:");

@@ -72,8 +72,8 @@ t.test("every disk-image-create flag is accepted with DIB's meaning", async (t) 
   t.equal(o.skipBase, true);
   t.same(o.packages, ["vim", "curl", "htop"]);
   t.equal(o.checksum, true);
-  t.equal(o.imageSizeGb, 3);
-  t.equal(o.imageExtraSizeGb, 0.5);
+  t.equal(o.imageSize, 3 * 1024 ** 3);
+  t.equal(o.imageExtraSize, 0.5 * 1024 ** 3);
   t.equal(o.imageCache, "/tmp/c");
   t.equal(o.maxOnlineResize, 274877906944);
   t.equal(o.minTmpfsGb, 4);
@@ -110,29 +110,29 @@ t.test("DIB environment variables are honoured; flags win", async (t) => {
   };
   const o = parse(["debian-minimal"], env);
   t.equal(o.mkfsOptions, "-m 0", "MKFS_OPTS from the environment is honoured (unlike DIB)");
-  t.equal(o.imageSizeGb, 5);
+  t.equal(o.imageSize, 5 * 1024 ** 3);
   t.equal(o.checksum, true);
   t.equal(o.fsType, "xfs");
   t.same(o.elementsPath, ["/a", "/b"]);
   t.equal(o.offline, false);
   t.equal(o.trace, 1);
-  t.equal(parse(["--image-size", "2", "x"], env).imageSizeGb, 2);
+  t.equal(parse(["--image-size", "2", "x"], env).imageSize, 2 * 1024 ** 3);
   t.equal(parse(["--mkfs-options", "-q", "x"], env).mkfsOptions, "-q");
   t.equal(parse(["-c", "x"], env).mkfsOptions, "", "-c ignores the environment");
 });
 
 t.test("--image-extra-size and --mkfs-journal-size work as flags (a DIB defect not copied)", async (t) => {
   const o = parse(["--image-extra-size", "1", "--mkfs-journal-size", "16", "x"]);
-  t.equal(o.imageExtraSizeGb, 1);
+  t.equal(o.imageExtraSize, 1024 ** 3);
   t.equal(o.journalSizeMb, 16);
 });
 
 t.test("bad input is a UsageError (exit 2) that says what and where", async (t) => {
   const bad: [string[], RegExp][] = [
     [["-t", "qcow3", "x"], /unknown image type 'qcow3'/],
-    [["--image-size", "0", "x"], /--image-size must be a positive number/],
-    [["--image-size", "-1", "x"], /--image-size must be a positive number/],
-    [["--image-size", "1e9", "x"], /--image-size must be a positive number/],
+    [["--image-size", "0", "x"], /--image-size: '.*' is not a usable size/],
+    [["--image-size", "-1", "x"], /--image-size: '.*' is not a usable size/],
+    [["--image-size", "1e9", "x"], /--image-size: '.*' is not a usable size/],
     [["--image-size", "lots", "x"], /--image-size/],
     [["--frobnicate", "x"], /unknown option '--frobnicate'/],
     [["-Z", "x"], /unknown option '-Z'/],
@@ -150,7 +150,7 @@ t.test("bad input is a UsageError (exit 2) that says what and where", async (t) 
       t.ok(err instanceof UsageError && err.exitCode === 2 && err.hint, `${argv.join(" ")}: exit 2 with a hint`);
     }
   }
-  t.throws(() => parse(["x"], { DIB_IMAGE_SIZE: "huge" }), /DIB_IMAGE_SIZE must be a positive number/);
+  t.throws(() => parse(["x"], { DIB_IMAGE_SIZE: "huge" }), /DIB_IMAGE_SIZE: 'huge' is not a usable size/);
 });
 
 t.test("help is generated from the settings table", async (t) => {
