@@ -151,10 +151,13 @@ async function addKernel(
     if (m && e.type === "file" && wanted.has(m[2] as string)) root.addFile(`${base}/${m[2]}`, e.data);
   }
   for (const [name, data] of extras) root.addFile(`${base}/${name}`, data);
-  const files = buildModuleFiles(sel.order);
+  const files = buildModuleFiles(sel.order, extras.get("modules.builtin")?.toString() ?? "");
   root.addFile(`${base}/modules.dep`, files.dep);
+  root.addFile(`${base}/modules.dep.bin`, files.depBin);
   root.addFile(`${base}/modules.softdep`, files.softdep);
   root.addFile(`${base}/modules.alias`, files.alias);
+  root.addFile(`${base}/modules.alias.bin`, files.aliasBin);
+  root.addFile(`${base}/modules.builtin.bin`, files.builtinBin);
   return { release, modules: sel.order.map((m) => m.name) };
 }
 

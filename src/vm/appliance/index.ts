@@ -16,7 +16,7 @@ import { loadApplianceSpec } from "./spec.js";
 export type { ApplianceEvent, OnEvent } from "./archive.js";
 
 /** Bump when the assembly changes in a way that must invalidate cached appliances. */
-export const BUILDER_VERSION = 1;
+export const BUILDER_VERSION = 2;
 
 export interface ApplianceFile {
   /** File name inside the appliance directory. */

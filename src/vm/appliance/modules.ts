@@ -186,8 +186,14 @@ function transitiveDeps(m: ModuleInfo, byName: Map<string, ModuleInfo>): ModuleI
   return out.reverse();
 }
 
-/** modules.dep, modules.softdep and modules.alias for exactly the selected modules (text formats read by kmod). */
-export function buildModuleFiles(selected: ModuleInfo[]): { dep: string; softdep: string; alias: string } {
+/**
+ * modules.dep, modules.softdep, modules.alias for exactly the selected modules, plus the binary indexes modprobe
+ * actually reads (modules.dep.bin, modules.alias.bin, modules.builtin.bin) — what depmod would write for the subset.
+ */
+export function buildModuleFiles(
+  selected: ModuleInfo[],
+  builtinText = "",
+): { dep: string; softdep: string; alias: string; depBin: Buffer; aliasBin: Buffer; builtinBin: Buffer } {
   const byName = new Map(selected.map((m) => [m.name, m]));
   const sorted = [...selected].sort((a, b) => a.path.localeCompare(b.path));
   const dep = sorted
@@ -211,5 +217,150 @@ export function buildModuleFiles(selected: ModuleInfo[]): { dep: string; softdep
     "# Aliases extracted from modules themselves.\n",
     ...sorted.flatMap((m) => m.aliases.map((a) => `alias ${a} ${m.name}\n`)),
   ].join("");
-  return { dep, softdep, alias };
+  const priority = new Map(sorted.map((m, i) => [m.name, i]));
+  const depBin = buildKmodIndex(
+    sorted.map((m) => ({
+      key: m.name,
+      value: `${m.path}:${transitiveDeps(m, byName)
+        .map((d) => ` ${d.path}`)
+        .join("")}`,
+      priority: priority.get(m.name) ?? 0,
+    })),
+  );
+  const aliasBin = buildKmodIndex(
+    sorted.flatMap((m) => m.aliases.map((a) => ({ key: a, value: m.name, priority: priority.get(m.name) ?? 0 }))),
+  );
+  const builtinBin = buildKmodIndex(
+    [...parseBuiltin(builtinText)].sort().map((name, i) => ({ key: name, value: "", priority: i })),
+  );
+  return { dep, softdep, alias, depBin, aliasBin, builtinBin };
+}
+
+/** One key → value of a kmod index; lower priority values come first. */
+export interface IndexEntry {
+  key: string;
+  value: string;
+  priority: number;
+}
+
+const INDEX_MAGIC = 0xb007f457;
+const INDEX_VERSION = 0x00020001;
+const NODE_PREFIX = 0x80000000;
+const NODE_VALUES = 0x40000000;
+const NODE_CHILDS = 0x20000000;
+
+/**
+ * kmod's binary trie index (modules.dep.bin, modules.alias.bin, modules.builtin.bin), which modprobe requires: it
+ * does not fall back to the text files. Layout as libkmod reads it (big-endian words): header {magic, version, root},
+ * then nodes written children-first; a node is [prefix NUL] [first last child-offsets…] [count {priority value NUL}…],
+ * and its offset word carries flags saying which parts are present. An edge to a child consumes one key character.
+ */
+export function buildKmodIndex(entries: IndexEntry[]): Buffer {
+  const chunks: Buffer[] = [Buffer.alloc(12)];
+  let pos = 12;
+  const emit = (b: Buffer) => {
+    chunks.push(b);
+    pos += b.length;
+  };
+  type Item = { rest: string; value: string; priority: number };
+  const writeNode = (items: Item[]): number => {
+    // Longest common prefix of all remaining keys.
+    let prefix = items[0]?.rest ?? "";
+    for (const it of items) {
+      let i = 0;
+      while (i < prefix.length && i < it.rest.length && prefix[i] === it.rest[i]) i++;
+      prefix = prefix.slice(0, i);
+    }
+    const here = items.filter((it) => it.rest.length === prefix.length).sort((a, b) => a.priority - b.priority);
+    const byChar = new Map<number, Item[]>();
+    for (const it of items) {
+      if (it.rest.length === prefix.length) continue;
+      const c = it.rest.charCodeAt(prefix.length);
+      if (c >= 128) throw new Error(`kmod index keys must be ASCII: ${it.rest}`);
+      const list = byChar.get(c) ?? [];
+      list.push({ ...it, rest: it.rest.slice(prefix.length + 1) });
+      byChar.set(c, list);
+    }
+    const childOffsets = new Map<number, number>();
+    for (const [c, list] of [...byChar].sort((a, b) => a[0] - b[0])) childOffsets.set(c, writeNode(list));
+    const start = pos;
+    let flags = 0;
+    if (prefix) {
+      emit(Buffer.from(`${prefix}\0`, "latin1"));
+      flags |= NODE_PREFIX;
+    }
+    if (childOffsets.size) {
+      const chars = [...childOffsets.keys()];
+      const first = Math.min(...chars);
+      const last = Math.max(...chars);
+      const b = Buffer.alloc(2 + 4 * (last - first + 1));
+      b[0] = first;
+      b[1] = last;
+      for (const [c, off] of childOffsets) b.writeUInt32BE(off >>> 0, 2 + 4 * (c - first));
+      emit(b);
+      flags |= NODE_CHILDS;
+    }
+    if (here.length) {
+      const count = Buffer.alloc(4);
+      count.writeUInt32BE(here.length);
+      emit(count);
+      for (const v of here) {
+        const p = Buffer.alloc(4);
+        p.writeUInt32BE(v.priority);
+        emit(p);
+        emit(Buffer.from(`${v.value}\0`, "utf8"));
+      }
+      flags |= NODE_VALUES;
+    }
+    return (start | flags) >>> 0;
+  };
+  const root = writeNode(entries.map((e) => ({ rest: e.key, value: e.value, priority: e.priority })));
+  const header = chunks[0] as Buffer;
+  header.writeUInt32BE(INDEX_MAGIC, 0);
+  header.writeUInt32BE(INDEX_VERSION, 4);
+  header.writeUInt32BE(root, 8);
+  return Buffer.concat(chunks);
+}
+
+/** Look a key up in a kmod index (the reader side, for tests): the values in priority order. */
+export function searchKmodIndex(buf: Buffer, key: string): string[] {
+  if (buf.readUInt32BE(0) !== INDEX_MAGIC) throw new Error("not a kmod index");
+  let off = buf.readUInt32BE(8);
+  let i = 0;
+  for (;;) {
+    let p = off & 0x0fffffff;
+    if (!p) return [];
+    if (off & NODE_PREFIX) {
+      const end = buf.indexOf(0, p);
+      const prefix = buf.subarray(p, end).toString("latin1");
+      if (key.slice(i, i + prefix.length) !== prefix) return [];
+      i += prefix.length;
+      p = end + 1;
+    }
+    let first = 128;
+    let last = 0;
+    let children = 0;
+    if (off & NODE_CHILDS) {
+      first = buf[p] ?? 0;
+      last = buf[p + 1] ?? 0;
+      children = p + 2;
+      p = children + 4 * (last - first + 1);
+    }
+    if (i === key.length) {
+      if (!(off & NODE_VALUES)) return [];
+      const n = buf.readUInt32BE(p);
+      const out: string[] = [];
+      p += 4;
+      for (let k = 0; k < n; k++) {
+        const end = buf.indexOf(0, p + 4);
+        out.push(buf.subarray(p + 4, end).toString("utf8"));
+        p = end + 1;
+      }
+      return out;
+    }
+    const c = key.charCodeAt(i);
+    if (!(off & NODE_CHILDS) || c < first || c > last) return [];
+    off = buf.readUInt32BE(children + 4 * (c - first));
+    i++;
+  }
 }
