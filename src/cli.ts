@@ -18,6 +18,14 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: "build or inspect the cached helper-VM appliance (kernel + initramfs)",
     load: async () => (await import("./commands/appliance.js")).run,
   },
+  run: {
+    summary: "boot the helper VM and run one command in it as root",
+    load: async () => (await import("./commands/run.js")).run,
+  },
+  shell: {
+    summary: "boot the helper VM and open an interactive root shell in it",
+    load: async () => (await import("./commands/shell.js")).run,
+  },
   help: { summary: "show help for a command", load: async () => helpCommand },
 };
 

@@ -1,0 +1,56 @@
+// `vmdib shell [options]`: boot the appliance and give the user an interactive root shell on a real terminal
+// (raw mode, window size and resizes forwarded, Ctrl-C goes to the guest).
+
+import { UsageError } from "../errors.js";
+import type { Command } from "./context.js";
+import { bootFromCli, parseVmArgs } from "./run.js";
+
+const HELP = `usage: vmdib shell [options]
+
+Boot the helper VM and open an interactive root shell in it; the VM shuts down when the shell exits.
+Options as for \`vmdib run\` (--accel, --memory, --cpus, --share, --offline, --verbose).
+`;
+
+export const run: Command = async (ctx) => {
+  if (ctx.args[0] === "-h" || ctx.args[0] === "--help") {
+    ctx.stdout.write(HELP);
+    return 0;
+  }
+  const { options, command } = parseVmArgs(ctx.args, ctx.cwd);
+  if (command.length > 0) {
+    throw new UsageError(`unexpected argument '${command[0]}'`, {
+      hint: "to run one command use `vmdib run -- COMMAND`",
+    });
+  }
+  const machine = await bootFromCli(ctx, options);
+  const tty = ctx.stdin.isTTY === true && typeof ctx.stdin.setRawMode === "function";
+  let onWinch: (() => void) | undefined;
+  let failed = false;
+  try {
+    // Raw mode: every key (Ctrl-C, Ctrl-D, arrows) travels to the guest's terminal, which does the line editing.
+    if (tty) ctx.stdin.setRawMode?.(true);
+    ctx.stdin.resume();
+    return await machine.shell({
+      stdin: ctx.stdin,
+      stdout: ctx.stdout,
+      term: ctx.env.TERM || "xterm",
+      cols: ctx.stdout.columns ?? 80,
+      rows: ctx.stdout.rows ?? 24,
+      onResize: (resize) => {
+        onWinch = () => resize(ctx.stdout.columns ?? 80, ctx.stdout.rows ?? 24);
+        process.on("SIGWINCH", onWinch);
+      },
+    });
+  } catch (err) {
+    failed = true;
+    throw err;
+  } finally {
+    if (onWinch) process.off("SIGWINCH", onWinch);
+    if (tty) ctx.stdin.setRawMode?.(false);
+    // Stop reading the terminal, or it keeps this process alive after the shell has gone.
+    ctx.stdin.pause();
+    await machine.stop().catch((err: unknown) => {
+      if (!failed) throw err;
+    });
+  }
+};

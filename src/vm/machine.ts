@@ -1,0 +1,425 @@
+// One appliance VM: start it (run dir, keys, QEMU, readiness, SSH) with an undo pushed for every resource, run
+// commands and shells in it, and stop it with the shutdown ladder. No QEMU outlives its controller.
+import { type ChildProcessByStdio, spawn } from "node:child_process";
+import { constants as fsc } from "node:fs";
+import { access, copyFile, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { constants as osc, tmpdir, userInfo } from "node:os";
+import { join } from "node:path";
+import type { Readable, Writable } from "node:stream";
+import getPort from "get-port";
+import { CleanupStack } from "../cleanup.js";
+import { VmdibError } from "../errors.js";
+import { cacheDir } from "../paths.js";
+import type { AccelVerdict, QemuInfo } from "./probe.js";
+import { hostCpus } from "./probe.js";
+import { type Disk, guestConfigText, type MachineSpec, qemuArgv, type Share } from "./qemu.js";
+import { describeExit, type QemuExit, tailFile, waitForReady } from "./ready.js";
+import { ConnectionLost, type ExecOptions, generateKeys, type ShellOptions, SshSession, shellQuote } from "./ssh.js";
+
+/** The appliance's boot files, from ensureAppliance(). */
+export interface ApplianceFiles {
+  readonly kernel: string;
+  readonly initrd: string;
+}
+
+export interface ShareRequest {
+  readonly hostPath: string;
+  readonly guestPath: string;
+  readonly readonly: boolean;
+  /** 9p tag; defaults to s<index>. */
+  readonly tag?: string;
+}
+
+export interface DiskRequest {
+  readonly serial: string;
+  /** Host file; defaults to a file in the run directory (removed with it). */
+  readonly path?: string;
+  readonly format?: "raw" | "qcow2";
+  /** Create the (raw, sparse) file with this size if it does not exist. */
+  readonly sizeBytes?: number;
+}
+
+export interface StartOptions {
+  readonly appliance: ApplianceFiles;
+  readonly qemu: QemuInfo;
+  readonly accel: AccelVerdict;
+  readonly cpus?: number;
+  readonly memoryMiB?: number;
+  readonly shares?: readonly ShareRequest[];
+  readonly disks?: readonly DiskRequest[];
+  readonly readyTimeoutMs?: number;
+  /** Guest /init traces itself and sshd logs to the serial console. */
+  readonly debug?: boolean;
+  /**
+   * Linux: start QEMU under `setpriv --pdeathsig SIGKILL` so the kernel kills it the moment we die (the guest's
+   * lifeline watch is the portable mechanism; this is belt and braces). Default: on where setpriv exists.
+   */
+  readonly pdeathsig?: boolean;
+  readonly env?: NodeJS.ProcessEnv;
+  readonly signal?: AbortSignal;
+  /** Progress lines for the CLI (verbose mode). */
+  readonly log?: (line: string) => void;
+}
+
+export interface MachineExecOptions extends Omit<ExecOptions, "stdout" | "stderr"> {
+  readonly stdout?: Writable;
+  readonly stderr?: Writable;
+}
+
+export interface Machine {
+  /** QEMU's process id (setpriv execs QEMU, so it is the same process). */
+  readonly pid: number;
+  readonly sshPort: number;
+  readonly runDir: string;
+  readonly serialLog: string;
+  readonly accel: AccelVerdict;
+  /** Milliseconds from spawning QEMU to the guest's ready marker, and the guest's own uptime then (s). */
+  readonly readyMs: number;
+  readonly guestUptimeAtReady: number;
+  /** Settles when QEMU exits, however. */
+  readonly exited: Promise<QemuExit>;
+  /** Run a command as root; resolves with its exit code (128+n when killed by signal n). */
+  exec(command: string | readonly string[], opts?: MachineExecOptions): Promise<number>;
+  /** Interactive shell on a pty; resolves with the shell's exit code. */
+  shell(opts: ShellOptions): Promise<number>;
+  /** Shut down (poweroff → wait → SIGTERM → SIGKILL) and remove the run directory; idempotent. */
+  stop(): Promise<void>;
+}
+
+const RUN_PREFIX = "run-";
+/** How long the polite poweroff and SIGTERM each get before the next rung of the ladder. */
+const POWEROFF_WAIT_MS = 10_000;
+const SIGTERM_WAIT_MS = 5_000;
+/** QEMU says this when the forwarded port was taken between get-port and its bind. */
+const PORT_CLASH = /Could not set up host forwarding rule/;
+
+/** Where run directories live: one 0700 parent per user, so stale ones can be found and swept. */
+function runBase(env: NodeJS.ProcessEnv): string {
+  return join(env.TMPDIR || tmpdir(), `vmdib-${userInfo().uid}`);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Remove run directories whose controller died without cleaning up (SIGKILL leaves them behind; the guest's
+ * lifeline has already stopped their QEMU). A directory whose controller or QEMU still runs is left alone.
+ */
+export async function sweepStaleRunDirs(env: NodeJS.ProcessEnv = process.env): Promise<string[]> {
+  const base = runBase(env);
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = await readdir(base);
+  } catch {
+    return removed;
+  }
+  for (const name of names.filter((n) => n.startsWith(RUN_PREFIX))) {
+    const dir = join(base, name);
+    const pids = await Promise.all(
+      ["controller.pid", "qemu.pid"].map((f) =>
+        readFile(join(dir, f), "utf8").then(
+          (t) => Number.parseInt(t, 10),
+          () => Number.NaN,
+        ),
+      ),
+    );
+    if (Number.isNaN(pids[0] ?? Number.NaN)) continue; // still being created, or not ours
+    if (pids.some((p) => p !== undefined && !Number.isNaN(p) && alive(p))) continue;
+    await rm(dir, { recursive: true, force: true });
+    removed.push(dir);
+  }
+  return removed;
+}
+
+async function findSetpriv(env: NodeJS.ProcessEnv): Promise<string | undefined> {
+  if (process.platform !== "linux") return undefined;
+  for (const dir of (env.PATH ?? "/usr/bin:/bin").split(":")) {
+    if (!dir) continue;
+    try {
+      await access(join(dir, "setpriv"), fsc.X_OK);
+      return join(dir, "setpriv");
+    } catch {
+      // keep looking
+    }
+  }
+  return undefined;
+}
+
+function exitCodeOf(status: { code: number | null; signal: string | null }): number {
+  if (status.code !== null) return status.code;
+  const n = status.signal ? (osc.signals as Record<string, number>)[`SIG${status.signal}`] : undefined;
+  return 128 + (n ?? 1);
+}
+
+function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(undefined), ms);
+    p.then((v) => {
+      clearTimeout(t);
+      resolve(v);
+    });
+  });
+}
+
+type Qemu = ChildProcessByStdio<Writable, Readable, Readable>;
+
+/** Boot the appliance and connect to it. On any failure everything made so far is undone before the error. */
+export async function startAppliance(opts: StartOptions): Promise<Machine> {
+  const env = opts.env ?? process.env;
+  const log = opts.log ?? (() => {});
+  const stack = new CleanupStack();
+  try {
+    return await startOn(stack, opts, env, log);
+  } catch (err) {
+    await stack.unwind();
+    throw err;
+  }
+}
+
+async function startOn(
+  stack: CleanupStack,
+  opts: StartOptions,
+  env: NodeJS.ProcessEnv,
+  log: (line: string) => void,
+): Promise<Machine> {
+  opts.signal?.throwIfAborted();
+  await sweepStaleRunDirs(env).then((gone) => {
+    for (const d of gone) log(`removed stale run directory ${d}`);
+  });
+
+  // The run directory: 0700, holds keys (0600), the fw_cfg config, the serial log and the pid files.
+  const base = runBase(env);
+  await mkdir(base, { recursive: true, mode: 0o700 });
+  const runDir = await mkdtemp(join(base, RUN_PREFIX));
+  stack.push("remove run directory", () => rm(runDir, { recursive: true, force: true }));
+  await writeFile(join(runDir, "controller.pid"), `${process.pid}\n`);
+
+  const keys = generateKeys();
+  const secret = (name: string, text: string) => writeFile(join(runDir, name), text, { mode: 0o600 });
+  await secret("ssh_host_ed25519_key", keys.hostPrivate);
+  await secret("authorized_keys", `${keys.clientPublic}\n`);
+
+  const shares: Share[] = (opts.shares ?? []).map((s, i) => ({
+    tag: s.tag ?? `s${i}`,
+    hostPath: s.hostPath,
+    guestPath: s.guestPath,
+    readonly: s.readonly,
+  }));
+  const disks: Disk[] = [];
+  for (const d of opts.disks ?? []) {
+    const path = d.path ?? join(runDir, `disk-${d.serial}.img`);
+    if (d.sizeBytes !== undefined) {
+      // Sparse: ftruncate allocates nothing; blocks appear only where the guest writes.
+      const fh = await open(path, "a");
+      if ((await fh.stat()).size === 0) await fh.truncate(d.sizeBytes);
+      await fh.close();
+    }
+    disks.push({ path, serial: d.serial, format: d.format ?? "raw" });
+  }
+  await writeFile(join(runDir, "config"), guestConfigText({ shares }, opts.debug ? { debug: "1" } : {}));
+
+  const serialLog = join(runDir, "serial.log");
+  const setpriv = opts.pdeathsig === false ? undefined : await findSetpriv(env);
+  const readyTimeoutMs = opts.readyTimeoutMs ?? (Number(env.VMDIB_READY_TIMEOUT) * 1000 || 180_000);
+
+  for (let attempt = 1; ; attempt++) {
+    const sshPort = await getPort({ host: "127.0.0.1" });
+    const spec: MachineSpec = {
+      kernel: opts.appliance.kernel,
+      initrd: opts.appliance.initrd,
+      memoryMiB: opts.memoryMiB ?? 2048,
+      cpus: opts.cpus ?? hostCpus(),
+      sshPort,
+      serialLog,
+      shares,
+      disks,
+      fwCfg: {
+        config: join(runDir, "config"),
+        authorized_keys: join(runDir, "authorized_keys"),
+        ssh_host_ed25519_key: join(runDir, "ssh_host_ed25519_key"),
+      },
+      pidFile: join(runDir, "qemu.pid"),
+    };
+    const argv = qemuArgv(spec, { accel: opts.accel.accel, cpus: hostCpus() });
+    const [cmd, args] = setpriv
+      ? [setpriv, ["--pdeathsig", "SIGKILL", "--", opts.qemu.binary, ...argv]]
+      : [opts.qemu.binary, argv];
+    log(`starting QEMU (${opts.accel.accel}), ssh forwarded from 127.0.0.1:${sshPort}`);
+    const t0 = performance.now();
+    const child: Qemu = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], cwd: runDir });
+    let stderr = "";
+    child.stderr.on("data", (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-8192);
+    });
+    const exited = new Promise<QemuExit>((resolve) => {
+      child.on("close", (code, signal) => resolve({ code, signal, stderr }));
+      child.on("error", (err) => resolve({ code: null, signal: null, stderr: `${stderr}${err.message}\n` }));
+    });
+    // Last resort if this process exits without stop() (an uncaught error): take QEMU down synchronously.
+    const onProcessExit = () => child.kill("SIGKILL");
+    process.on("exit", onProcessExit);
+    const pid = child.pid ?? -1;
+    const stopQemu = stack.push("stop QEMU", async () => {
+      await shutdownLadder(child, exited, log);
+      process.off("exit", onProcessExit);
+    });
+    // EPIPE on the lifeline once QEMU is gone is expected, not an error.
+    child.stdin.on("error", () => {});
+
+    let guestUptimeAtReady: number;
+    try {
+      guestUptimeAtReady = await waitForReady({
+        lifeline: child.stdout,
+        exited,
+        timeoutMs: readyTimeoutMs,
+        serialLog,
+        accelNote: `${opts.accel.accel} (${opts.accel.reason})`,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+    } catch (err) {
+      const exit = await within(exited, 0);
+      if (exit && PORT_CLASH.test(exit.stderr) && attempt < 5) {
+        log(`port ${sshPort} was taken before QEMU could bind it; retrying with another`);
+        await stopQemu();
+        continue;
+      }
+      await preserveSerialLog(serialLog, env, err);
+      throw err;
+    }
+    const readyMs = performance.now() - t0;
+    log(`guest ready after ${(readyMs / 1000).toFixed(2)} s (guest uptime ${guestUptimeAtReady} s)`);
+    // The lifeline must keep flowing: unread output would eventually block the guest's writes to the port.
+    child.stdout.resume();
+
+    const ssh = await SshSession.connect({ port: sshPort, keys }).catch(async (err: unknown) => {
+      await preserveSerialLog(serialLog, env, err);
+      throw new VmdibError("could not log in to the appliance over SSH", {
+        cause: err,
+        context: await tailFile(serialLog),
+        hint: `the guest reported ready but SSH on 127.0.0.1:${sshPort} failed: ${err instanceof Error ? err.message : String(err)}`,
+      });
+    });
+    stack.push("close SSH", () => ssh.close());
+
+    return makeMachine({
+      stack,
+      child,
+      pid,
+      exited,
+      ssh,
+      sshPort,
+      runDir,
+      serialLog,
+      opts,
+      env,
+      readyMs,
+      guestUptimeAtReady,
+    });
+  }
+}
+
+/** Poweroff (close the lifeline: the guest syncs and powers off) → wait → SIGTERM → wait → SIGKILL. */
+async function shutdownLadder(child: Qemu, exited: Promise<QemuExit>, log: (line: string) => void): Promise<void> {
+  if (await within(exited, 0)) return;
+  child.stdin.end();
+  if (await within(exited, POWEROFF_WAIT_MS)) return;
+  log(`QEMU (pid ${child.pid}) did not power off within ${POWEROFF_WAIT_MS / 1000} s; sending SIGTERM`);
+  child.kill("SIGTERM");
+  if (await within(exited, SIGTERM_WAIT_MS)) return;
+  log(`QEMU (pid ${child.pid}) ignored SIGTERM; sending SIGKILL`);
+  child.kill("SIGKILL");
+  await exited;
+}
+
+/** Keep a copy of a failed run's serial console where the user can read it after the run dir is gone. */
+async function preserveSerialLog(serialLog: string, env: NodeJS.ProcessEnv, err: unknown): Promise<void> {
+  try {
+    const dir = join(cacheDir(env), "logs");
+    await mkdir(dir, { recursive: true });
+    const dest = join(dir, "last-serial.log");
+    await copyFile(serialLog, dest);
+    if (err instanceof VmdibError && !err.context.some((l) => l.includes(dest))) {
+      err.context.push(`(full serial console: ${dest})`);
+    }
+  } catch {
+    // the log may not exist (QEMU never started); the error itself says why
+  }
+}
+
+interface MachineParts {
+  readonly stack: CleanupStack;
+  readonly child: Qemu;
+  readonly pid: number;
+  readonly exited: Promise<QemuExit>;
+  readonly ssh: SshSession;
+  readonly sshPort: number;
+  readonly runDir: string;
+  readonly serialLog: string;
+  readonly opts: StartOptions;
+  readonly env: NodeJS.ProcessEnv;
+  readonly readyMs: number;
+  readonly guestUptimeAtReady: number;
+}
+
+function makeMachine(p: MachineParts): Machine {
+  let stopping: Promise<void> | undefined;
+
+  /** Turn a lost connection into the user's story: did QEMU die (and what did the console say)? */
+  async function explain(err: unknown, what: string): Promise<never> {
+    if (!(err instanceof ConnectionLost)) throw err;
+    const exit = await within(p.exited, 3_000);
+    const tail = await tailFile(p.serialLog);
+    const e = exit
+      ? new VmdibError(`the appliance VM died while running ${what}: ${describeExit(exit)}`, {
+          cause: err,
+          context: tail.length ? ["serial console:", ...tail] : [],
+          hint: "the guest's console is above; if the guest ran out of memory or disk, give it more",
+        })
+      : new VmdibError(`lost the SSH connection to the appliance while running ${what}`, {
+          cause: err,
+          context: tail.length ? ["serial console:", ...tail] : [],
+          hint: "the guest stopped answering; its console is above",
+        });
+    await preserveSerialLog(p.serialLog, p.env, e);
+    throw e;
+  }
+
+  return {
+    pid: p.pid,
+    sshPort: p.sshPort,
+    runDir: p.runDir,
+    serialLog: p.serialLog,
+    accel: p.opts.accel,
+    readyMs: p.readyMs,
+    guestUptimeAtReady: p.guestUptimeAtReady,
+    exited: p.exited,
+    async exec(command, opts = {}) {
+      const line = typeof command === "string" ? command : shellQuote(command);
+      try {
+        return exitCodeOf(await p.ssh.exec(line, opts));
+      } catch (err) {
+        return await explain(err, `\`${line.length > 60 ? `${line.slice(0, 57)}...` : line}\``);
+      }
+    },
+    async shell(opts) {
+      try {
+        return exitCodeOf(await p.ssh.shell(opts));
+      } catch (err) {
+        return await explain(err, "the shell");
+      }
+    },
+    stop() {
+      stopping ??= p.stack.unwind().then((errors) => {
+        if (errors[0]) throw errors[0];
+      });
+      return stopping;
+    },
+  };
+}
