@@ -405,7 +405,7 @@ export const SETTINGS = [
     metavar: "MB",
     help: "memory of the helper VM in MB",
     parse: positive("MB", 1048576),
-    default: 4096,
+    default: 6144,
   }),
   row({ key: "help", short: "h", long: "help", kind: "flag", help: "show this help and exit", default: false }),
   row({ key: "version", long: "version", kind: "flag", help: "show the version and exit", default: false }),

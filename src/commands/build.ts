@@ -1,13 +1,20 @@
 // `vmdib build`: options → elements → block-device layout → plan; `--dry-run` prints the plan, else it is executed.
-import { loadBlockDeviceConfig } from "../blockdev/config.js";
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { execa } from "execa";
+import { type BlockDeviceConfig, loadBlockDeviceConfig } from "../blockdev/config.js";
 import { planBlockDevice } from "../blockdev/graph.js";
 import { GiB } from "../blockdev/size.js";
 import { type BuildOptions, buildHelp, parseBuildArgs } from "../config.js";
 import { loadElementSet } from "../elements/discover.js";
-import { VmdibError } from "../errors.js";
+import { type BuildEvent, executePlan } from "../execute.js";
+import { resolveMirror } from "../mirror.js";
+import { cacheDir } from "../paths.js";
 import { type BuildPlan, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
 import { VERSION } from "../version.js";
+import { makeWorkDir } from "../workdir.js";
 import type { Command, CommandContext } from "./context.js";
+import { bootFromCli } from "./run.js";
 
 /** Host variables that reach the element scripts: DIB's own (`DIB_*`) and a few it documents, never with -c. */
 export function passedEnv(env: NodeJS.ProcessEnv, options: Pick<BuildOptions, "clearEnv">): Record<string, string> {
@@ -19,6 +26,13 @@ export function passedEnv(env: NodeJS.ProcessEnv, options: Pick<BuildOptions, "c
     if (k.startsWith("DIB_") && k !== "DIB_BLOCK_DEVICE_CONFIG" && k !== "DIB_IMAGE_CACHE") out[k] = v;
   }
   return out;
+}
+
+/** Debian builds get the mirror the host's apt uses unless DIB_DISTRIBUTION_MIRROR says otherwise. */
+function debianMirror(elements: readonly { name: string }[], env: NodeJS.ProcessEnv): Record<string, string> {
+  if (env.DIB_DISTRIBUTION_MIRROR || !elements.some((e) => e.name === "debian-minimal" || e.name === "debian"))
+    return {};
+  return { DIB_DISTRIBUTION_MIRROR: resolveMirror(env) };
 }
 
 /** Everything before execution: pure but for reading element trees and the block-device config. */
@@ -60,7 +74,7 @@ export async function planBuild(options: BuildOptions, ctx: Pick<CommandContext,
     hooks: set.hooks.phases,
     environmentFiles: set.hooks.environment,
     blockDevice,
-    passEnv: passedEnv(ctx.env, options),
+    passEnv: { ...debianMirror(set.elements, ctx.env), ...passedEnv(ctx.env, options) },
     version: VERSION,
   });
   return { plan, set, config, warnings: [...set.warnings, ...layout.warnings] };
@@ -76,17 +90,82 @@ export const run: Command = async (ctx) => {
     ctx.stdout.write(`vmdib ${VERSION}\n`);
     return 0;
   }
-  const { plan, warnings } = await planBuild(options, ctx);
+  const { plan, config, warnings } = await planBuild(options, ctx);
   for (const w of warnings) ctx.stderr.write(`vmdib: warning: ${w}\n`);
   if (options.dryRun) {
     ctx.stdout.write(options.json ? `${JSON.stringify(plan, null, 2)}\n` : renderPlan(plan));
     return 0;
   }
-  return execute(plan);
+  return await execute(plan, options, config, ctx);
 };
 
-async function execute(_plan: BuildPlan): Promise<number> {
-  throw new VmdibError("building images is not available yet in this version of vmdib", {
-    hint: "use --dry-run to see the plan; the executor lands with the helper VM",
-  });
+/** Boots the helper VM with the build's shares and image disk, walks the plan, reports progress. */
+async function execute(plan: BuildPlan, options: BuildOptions, config: BlockDeviceConfig, ctx: CommandContext) {
+  const render = eventRenderer(ctx, options);
+  const imageCache = options.imageCache ?? join(cacheDir(ctx.env), "image-create");
+  await mkdir(imageCache, { recursive: true });
+  const workDir = await makeWorkDir(plan);
+  const started = Date.now();
+  try {
+    await executePlan(plan, options, config, workDir, {
+      cwd: ctx.cwd,
+      signal: ctx.signal,
+      onEvent: render,
+      qemuImg: async (args, signal) => {
+        await execa("qemu-img", args, { cancelSignal: signal, stdio: ["ignore", "ignore", "pipe"] });
+      },
+      startMachine: async (req) => {
+        const machine = await bootFromCli(ctx, {
+          accel: options.accel,
+          memoryMiB: options.memoryMb,
+          offline: options.offline,
+          verbose: !options.json,
+          shares: [
+            { hostPath: req.workDir, guestPath: GUEST_PATHS.work, readonly: false },
+            { hostPath: imageCache, guestPath: GUEST_PATHS.imageCache, readonly: false },
+            ...req.elementShares.map((s) => ({ hostPath: s.host, guestPath: s.guest, readonly: true })),
+          ],
+          disks: [{ serial: req.imageDisk.serial, path: req.imageDisk.path, format: "raw" }],
+        });
+        return {
+          exec: (argv, io) => machine.exec(argv, io),
+          stop: () => machine.stop(),
+        };
+      },
+    });
+  } finally {
+    await rm(workDir, { recursive: true, force: true });
+  }
+  render({ type: "info", message: `build finished in ${((Date.now() - started) / 1000).toFixed(1)} s` });
+  return 0;
+}
+
+/** DIB's log style on a pipe (`YYYY-MM-DD HH:MM:SS.mmm | line`), one JSON object per event with --json. */
+function eventRenderer(ctx: CommandContext, options: BuildOptions): (e: BuildEvent) => void {
+  const stamp = () => new Date().toISOString().replace("T", " ").slice(0, 23);
+  return (e) => {
+    if (options.json) {
+      ctx.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`);
+      return;
+    }
+    let line: string;
+    switch (e.type) {
+      case "step-start":
+        line = `==> ${e.step} (${e.where})`;
+        break;
+      case "step-end":
+        line = `<== ${e.step} ${e.ok ? "done" : "FAILED"} in ${e.seconds.toFixed(1)} s`;
+        break;
+      case "output":
+        line = e.line;
+        break;
+      case "info":
+        line = e.message;
+        break;
+      case "artifact":
+        line = `wrote ${e.path} (${e.type_}, ${(e.bytes / 1024 ** 2).toFixed(1)} MiB)`;
+        break;
+    }
+    ctx.stdout.write(`${stamp()} | ${line}\n`);
+  };
 }
