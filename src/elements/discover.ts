@@ -26,8 +26,10 @@ export interface Discovery {
   readonly elements: ReadonlyMap<string, ElementInfo>;
   /** The search path that was read (absolute, in precedence order). */
   readonly searchPath: readonly string[];
-  /** "element X in A overrides X in B" for names found in more than one entry. Returned, never printed. */
+  /** "element X at A overrides B" for names found in more than one entry. Returned, never printed. */
   readonly warnings: readonly string[];
+  /** Element name → the directories of the same name it shadows (later search-path entries), in order. */
+  readonly shadowed: ReadonlyMap<string, readonly string[]>;
 }
 
 /** A directory entry after following symlinks, as `find -xtype` and `test -f` see it. */
@@ -65,6 +67,30 @@ export interface ElementFs {
 function isNotFound(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   return code === "ENOENT" || code === "ENOTDIR" || code === "ELOOP";
+}
+
+/** The same reads, with any unexpected failure (EACCES, EIO, ...) turned into a usage error naming the path. */
+function guarded(fs: ElementFs): ElementFs {
+  const wrap =
+    <T>(op: (path: string) => Promise<T>) =>
+    async (path: string): Promise<T> => {
+      try {
+        return await op(path);
+      } catch (err) {
+        if (err instanceof ElementError) throw err;
+        const code = (err as NodeJS.ErrnoException | undefined)?.code ?? String(err);
+        throw new ElementError("unreadable", `cannot read ${path} (${code})`, {
+          hint: "element directories and everything in them must be readable by the user running vmdib",
+          cause: err,
+        });
+      }
+    };
+  return {
+    readdir: wrap((p) => fs.readdir(p)),
+    stat: wrap((p) => fs.stat(p)),
+    readFile: wrap((p) => fs.readFile(p)),
+    realpath: wrap((p) => fs.realpath(p)),
+  };
 }
 
 /** The real file system. */
@@ -110,11 +136,13 @@ export function parseElementList(text: string | undefined): string[] {
  * an earlier entry overrides a later one, with a warning. Missing or non-directory entries are usage errors.
  * Entries must be absolute (the caller resolves them against its cwd).
  */
-export async function discoverElements(searchPath: readonly string[], fs: ElementFs = NODE_FS): Promise<Discovery> {
+export async function discoverElements(searchPath: readonly string[], rawFs: ElementFs = NODE_FS): Promise<Discovery> {
+  const fs = guarded(rawFs);
   const elements = new Map<string, ElementInfo>();
   const warnings: string[] = [];
+  const shadowed = new Map<string, string[]>();
   for (const searchDir of searchPath) {
-    const st = await fs.stat(searchDir).catch(() => undefined);
+    const st = await fs.stat(searchDir);
     if (st?.kind !== "dir") {
       throw new ElementError(
         "invalid-path",
@@ -131,11 +159,16 @@ export async function discoverElements(searchPath: readonly string[], fs: Elemen
         elements.set(element.name, element);
       } else if (earlier.path !== element.path) {
         // DIB: logger.warning("Element <%s> overrides <%s>"); the same directory reached twice is not an override.
-        warnings.push(`element '${element.name}' at ${earlier.path} overrides ${element.path}`);
+        warnings.push(overrideWarning(element.name, earlier.path, element.path));
+        shadowed.set(element.name, [...(shadowed.get(element.name) ?? []), element.path]);
       }
     }
   }
-  return { elements, searchPath: [...searchPath], warnings };
+  return { elements, searchPath: [...searchPath], warnings, shadowed };
+}
+
+function overrideWarning(name: string, winner: string, loser: string): string {
+  return `element '${name}' at ${winner} overrides ${loser}`;
 }
 
 /** The elements inside one search-path entry, in name order (the first of two dirs resolving to one name wins). */
@@ -165,7 +198,8 @@ export async function readElementContents(
   elements: readonly ElementInfo[],
   fs: ElementFs = NODE_FS,
 ): Promise<ElementContents[]> {
-  return Promise.all(elements.map((element) => readOne(element, fs)));
+  const safe = guarded(fs);
+  return Promise.all(elements.map((element) => readOne(element, safe)));
 }
 
 async function readOne(element: ElementInfo, fs: ElementFs): Promise<ElementContents> {
@@ -214,7 +248,7 @@ export interface ResolvedSet {
   /** The element set, sorted by name. */
   readonly elements: readonly ResolvedElement[];
   readonly hooks: CollectedHooks;
-  /** Override warnings from discovery, for the CLI to print. */
+  /** Override warnings about the elements in the set (not the whole search path), for the CLI to print. */
   readonly warnings: readonly string[];
 }
 
@@ -258,5 +292,8 @@ export async function loadElementSet(options: LoadElementSetOptions): Promise<Re
       },
     };
   });
-  return { searchPath, requested: resolution.requested, elements, hooks, warnings: discovery.warnings };
+  const warnings = elements.flatMap((e) =>
+    (discovery.shadowed.get(e.name) ?? []).map((loser) => overrideWarning(e.name, e.path, loser)),
+  );
+  return { searchPath, requested: resolution.requested, elements, hooks, warnings };
 }

@@ -7,6 +7,7 @@ import type { Discovery, ElementInfo } from "./discover.js";
 /** Which rule an element tree or request broke; lets callers and tests tell DIB's failure modes apart. */
 export type ElementErrorKind =
   | "invalid-path" // an ELEMENTS_PATH entry is missing or not a directory (DIB: InvalidElementDir)
+  | "unreadable" // a file or directory of an element tree cannot be read (DIB: a Python traceback)
   | "not-found" // DIB: MissingElementException
   | "provided-twice" // DIB: AlreadyProvidedException during expansion
   | "requested-provided" // DIB: AlreadyProvidedException for a requested element that another element provides
@@ -16,7 +17,7 @@ export type ElementErrorKind =
 /** A usage error (exit 2) about elements, tagged with the DIB rule it corresponds to. */
 export class ElementError extends UsageError {
   readonly kind: ElementErrorKind;
-  constructor(kind: ElementErrorKind, message: string, details: { hint: string; context?: string[] }) {
+  constructor(kind: ElementErrorKind, message: string, details: { hint: string; context?: string[]; cause?: unknown }) {
     super(message, details);
     this.name = "ElementError";
     this.kind = kind;

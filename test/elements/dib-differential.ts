@@ -121,6 +121,7 @@ function parseDib(out: string, stderr: string, status: number | null): DibResult
 /** DIB's exception class for each of our error kinds. */
 const DIB_FAILURE: Record<ElementErrorKind, string> = {
   "invalid-path": "InvalidElementDir",
+  unreadable: "PermissionError",
   "not-found": "MissingElementException",
   "provided-twice": "AlreadyProvidedException",
   "requested-provided": "AlreadyProvidedException",

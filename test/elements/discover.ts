@@ -51,6 +51,7 @@ t.test("an earlier search-path entry overrides a later one, with a returned warn
   const d = await discoverElements([A, B]);
   t.equal(d.elements.get("shared")?.path, join(A, "shared"));
   t.same(d.warnings, [`element 'shared' at ${join(A, "shared")} overrides ${join(B, "shared")}`]);
+  t.same(d.shadowed, new Map([["shared", [join(B, "shared")]]]));
   const reversed = await discoverElements([B, A]);
   t.equal(reversed.elements.get("shared")?.path, join(B, "shared"), "order decides");
 });
@@ -128,7 +129,7 @@ t.test("loadElementSet: search path, additions, resolution, contents and hooks i
     set.hooks.phases["install.d"]?.map((s) => `${s.element}/${s.name}`),
     ["hooks-b/7-b", "hooks-a/9-a", "hooks-a/010-a", "hooks-a/10-A", "hooks-a/10-a", "hooks-b/10-b"],
   );
-  t.same(set.warnings, [`element 'shared' at ${join(A, "shared")} overrides ${join(B, "shared")}`]);
+  t.same(set.warnings, [], "'shared' is overridden but not used: no warning");
 });
 
 t.test("loadElementSet: the builtin directory is searched last", async (t) => {
@@ -145,6 +146,11 @@ t.test("loadElementSet: the builtin directory is searched last", async (t) => {
     skipBase: true,
   });
   t.equal(withA.elements.find((e) => e.name === "shared")?.path, join(A, "shared"), "ELEMENTS_PATH overrides builtin");
+  t.same(
+    withA.warnings,
+    [`element 'shared' at ${join(A, "shared")} overrides ${join(B, "shared")}`],
+    "warned: it is used",
+  );
 });
 
 t.test("readElementContents lists subdirs (not tests/), entries after symlinks, executable bits", async (t) => {
@@ -163,4 +169,21 @@ t.test("readElementContents lists subdirs (not tests/), entries after symlinks, 
     { name: "README", kind: "file", executable: false },
     { name: "bad.name", kind: "file", executable: true },
   ]);
+});
+
+t.test("an unreadable directory is a usage error naming it, not a crash", async (t) => {
+  const denied = Object.assign(new Error("EACCES: permission denied"), { code: "EACCES" });
+  const fake: ElementFs = {
+    readdir: async () => {
+      throw denied;
+    },
+    stat: async () => ({ kind: "dir", mode: 0o755 }),
+    readFile: async () => undefined,
+    realpath: async (p) => p,
+  };
+  const err = await rejection(discoverElements(["/locked"], fake));
+  t.equal(err.kind, "unreadable");
+  t.equal(err.exitCode, 2);
+  t.equal(err.message, "cannot read /locked (EACCES)");
+  t.equal(err.cause, denied);
 });
