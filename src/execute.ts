@@ -9,7 +9,7 @@ import type { BlockDeviceConfig } from "./blockdev/config.js";
 import { type BlockDevicePlan, planBlockDevice } from "./blockdev/graph.js";
 import { buildCleanupScript, buildFstabScript, buildSetupScript, buildUmountScript } from "./blockdev/script.js";
 import { imageSizeBytes, TiB } from "./blockdev/size.js";
-import { CleanupStack } from "./cleanup.js";
+import { withCleanup } from "./cleanup.js";
 import type { BuildOptions, ImageType } from "./config.js";
 import { VmdibError } from "./errors.js";
 import { type BuildPlan, GUEST_PATHS, type PlanOutput } from "./plan.js";
@@ -165,10 +165,8 @@ export async function executePlan(
   workDir: string,
   deps: ExecuteDeps,
 ): Promise<string[]> {
-  const cleanup = new CleanupStack();
-  const published: string[] = [];
-  let failure: unknown;
-  try {
+  const reportCleanupError = (e: Error) => deps.onEvent({ type: "info", message: e.message });
+  return await withCleanup(async (cleanup) => {
     const imagePath = join(workDir, "image.raw");
     await (await open(imagePath, "w", 0o600)).close();
     await truncate(imagePath, IMAGE_DISK_CAPACITY);
@@ -263,16 +261,8 @@ export async function executePlan(
 
     // The disk holds the image in its first sizeBytes; the rest of the sparse capacity was never written.
     await truncate(imagePath, sizeBytes);
-    published.push(...(await publishOutputs(plan, options, workDir, imagePath, deps)));
-    return published;
-  } catch (err) {
-    failure = err;
-    throw err;
-  } finally {
-    const errors = await cleanup.unwind();
-    if (errors.length > 0 && failure === undefined) throw errors[0];
-    for (const e of errors) deps.onEvent({ type: "info", message: e.message });
-  }
+    return await publishOutputs(plan, options, workDir, imagePath, deps);
+  }, reportCleanupError);
 }
 
 /** The local_loop the layout's IMAGE_BLOCK_DEVICE comes from (DIB: image0), attached as the image disk. */
