@@ -69,8 +69,8 @@ export interface PartitionPlan {
   readonly bootable: boolean;
   /** MBR: a logical partition inside the extended one (no `primary` flag). */
   readonly logical: boolean;
-  /** GPT: the partition's unique GUID. */
-  readonly uuid: string | undefined;
+  /** GPT: the partition's unique GUID (absent for MBR). */
+  readonly uuid?: string;
   readonly device: DeviceRef;
 }
 
@@ -83,9 +83,7 @@ export interface PartitionTablePlan {
   /** MBR disk signature ("0x1234abcd") or GPT disk GUID. */
   readonly diskId: string;
   /** MBR: the extended partition holding the logical ones, from its start to the end of the disk (as DIB). */
-  readonly extended:
-    | { readonly number: number; readonly startSector: number; readonly sizeSectors: number }
-    | undefined;
+  readonly extended?: { readonly number: number; readonly startSector: number; readonly sizeSectors: number };
   readonly partitions: readonly PartitionPlan[];
 }
 
@@ -106,9 +104,9 @@ export interface LvmPlan {
     readonly name: string;
     readonly vg: string;
     /** lvcreate -L (LVM units: M is MiB) */
-    readonly size: string | undefined;
+    readonly size?: string;
     /** lvcreate -l (extents or a percentage such as 28%VG) */
-    readonly extents: string | undefined;
+    readonly extents?: string;
     readonly options: readonly string[];
     readonly device: DeviceRef;
   }[];
@@ -125,7 +123,7 @@ export interface FilesystemPlan {
   /** Always set (DIB: defaults to the node name; vfat labels upper-cased). */
   readonly label: string;
   /** UUID (vfat: volume id XXXX-XXXX); undefined only when the config says `uuid: random` (mkfs then picks). */
-  readonly uuid: string | undefined;
+  readonly uuid?: string;
   /** Extra mkfs arguments, one array item per argument. */
   readonly opts: readonly string[];
 }
@@ -642,6 +640,7 @@ export function planBlockDevice(config: BlockDeviceConfig, params: BlockDevicePl
         "Labels must be unique: fstab and the bootloader find filesystems by label.",
       );
     labels.set(label, e.name);
+    const uuid = fsUuid(ctx, node, fsType, e.values.uuid, seed, e.name);
     const opts = isRootMerge && e.values.opts === undefined ? rootOpts : argList(ctx, node, "opts", e.values.opts);
     return {
       name: e.name,
@@ -649,7 +648,7 @@ export function planBlockDevice(config: BlockDeviceConfig, params: BlockDevicePl
       device: deviceOf(baseName(e)),
       type: fsType,
       label,
-      uuid: fsUuid(ctx, node, fsType, e.values.uuid, seed, e.name),
+      ...(uuid !== undefined ? { uuid } : {}),
       opts,
     };
   });
@@ -918,8 +917,7 @@ function planLvm(ctx: Ctx, e: ConfigEntry, deviceOf: (name: string) => DeviceRef
       return {
         name: lv.name as string,
         vg: lv.base as string,
-        size,
-        extents: size === undefined ? extents : undefined,
+        ...(size !== undefined ? { size } : { extents: extents as string }),
         options: argList(ctx, node, "options", lv.options),
         device: { kind: "lv", vg: lv.base as string, lv: lv.name as string } as DeviceRef,
       };
@@ -1035,7 +1033,6 @@ function planPartitionTable(ctx: Ctx, e: ConfigEntry, facts: Facts, seed: string
         flags,
         bootable: flags.includes("boot"),
         logical: !primary,
-        uuid: undefined,
         device: { kind: "partition", disk: diskName, number },
       });
     }
@@ -1045,7 +1042,7 @@ function planPartitionTable(ctx: Ctx, e: ConfigEntry, facts: Facts, seed: string
       label,
       alignBytes,
       diskId: `0x${derivedHex32(seed, `mbr:${diskName}`)}`,
-      extended,
+      ...(extended ? { extended } : {}),
       partitions: out,
     };
   }
@@ -1091,7 +1088,6 @@ function planPartitionTable(ctx: Ctx, e: ConfigEntry, facts: Facts, seed: string
     label,
     alignBytes,
     diskId: derivedUuid(seed, `gpt:${diskName}`).toUpperCase(),
-    extended: undefined,
     partitions: out,
   };
 }
