@@ -31,15 +31,18 @@ const TYPES: Record<string, TarType> = {
   "6": "fifo",
 };
 
+/** A byte stream (e.g. a Readable) or, for tests, a list of chunks. */
+export type TarSource = AsyncIterable<Buffer | string> | Iterable<Buffer | string>;
+
 /** Byte source with "give me exactly n bytes" on top of an async iterable of chunks. */
 class ByteReader {
   private chunks: Buffer[] = [];
   private length = 0;
   private done = false;
-  private readonly it: AsyncIterator<Buffer | string>;
+  private readonly it: AsyncIterator<Buffer | string> | Iterator<Buffer | string>;
 
-  constructor(source: AsyncIterable<Buffer | string>) {
-    this.it = source[Symbol.asyncIterator]();
+  constructor(source: TarSource) {
+    this.it = Symbol.asyncIterator in source ? source[Symbol.asyncIterator]() : source[Symbol.iterator]();
   }
 
   /** Exactly n bytes, or undefined if the stream ends first (only when no bytes at all are left with `allowEof`). */
@@ -113,7 +116,7 @@ function parsePax(data: Buffer): Map<string, string> {
 }
 
 /** Entries of a tar stream. Stops at the end-of-archive marker (two zero blocks) or the end of the stream. */
-export async function* readTar(source: AsyncIterable<Buffer | string>): AsyncGenerator<TarEntry> {
+export async function* readTar(source: TarSource): AsyncGenerator<TarEntry> {
   const r = new ByteReader(source);
   let longName: string | undefined;
   let longLink: string | undefined;

@@ -1,0 +1,212 @@
+// Tests deb.ts (ar), tar.ts and cpio.ts, and rootfs.ts end to end: a tar made here → root-owned merged-/usr cpio →
+// parsed back, checking modes, setuid bits, symlinks, hard links, dropped docs and synthesized files.
+import { spawnSync } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import t from "tap";
+import { CpioWriter, parseCpio, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from "../../src/vm/appliance/cpio.js";
+import { debTarMember, decompressMember, parseAr } from "../../src/vm/appliance/deb.js";
+import {
+  isDropped,
+  mergeUsr,
+  normalizePath,
+  parseAlternatives,
+  RootfsWriter,
+  rewriteSymlink,
+} from "../../src/vm/appliance/rootfs.js";
+import { buildTar, readTar, type TarEntry } from "../../src/vm/appliance/tar.js";
+
+function buildAr(members: { name: string; data: Buffer }[]): Buffer {
+  const parts: Buffer[] = [Buffer.from("!<arch>\n")];
+  for (const m of members) {
+    const h = `${m.name.padEnd(16)}${"0".padEnd(12)}${"0".padEnd(6)}${"0".padEnd(6)}${"100644".padEnd(8)}${String(m.data.length).padEnd(10)}\`\n`;
+    parts.push(Buffer.from(h, "latin1"), m.data);
+    if (m.data.length % 2) parts.push(Buffer.from("\n"));
+  }
+  return Buffer.concat(parts);
+}
+
+async function entriesOf(tar: Buffer): Promise<TarEntry[]> {
+  const out: TarEntry[] = [];
+  for await (const e of readTar([tar.subarray(0, 700), tar.subarray(700)])) out.push(e);
+  return out;
+}
+
+const LONG = `./usr/share/${"deep/".repeat(25)}file.txt`;
+
+const PKG: Partial<TarEntry>[] = [
+  { path: "./", type: "dir", mode: 0o755 },
+  { path: "./bin/", type: "dir", mode: 0o755 },
+  { path: "./bin/tool", type: "file", mode: 0o755, data: Buffer.from("#!/bin/sh\necho tool\n"), uid: 1000, gid: 1000 },
+  { path: "./bin/tool-alias", type: "hardlink", linkname: "./bin/tool" },
+  { path: "./usr/", type: "dir", mode: 0o755 },
+  { path: "./usr/bin/", type: "dir", mode: 0o755 },
+  { path: "./usr/bin/su-thing", type: "file", mode: 0o4755, data: Buffer.from("setuid") },
+  { path: "./usr/bin/tool", type: "symlink", linkname: "/bin/tool" }, // compat link that becomes a self-loop
+  { path: "./sbin/", type: "dir", mode: 0o755 },
+  { path: "./sbin/rel", type: "symlink", linkname: "../usr/bin/su-thing" },
+  { path: "./lib/", type: "dir", mode: 0o755 },
+  { path: "./lib/libx.so.1", type: "symlink", linkname: "libx.so.1.2" },
+  { path: "./lib/libx.so.1.2", type: "file", mode: 0o644, data: Buffer.alloc(3000, 7) },
+  { path: "./usr/share/", type: "dir", mode: 0o755 },
+  { path: "./usr/share/doc/", type: "dir", mode: 0o755 },
+  { path: "./usr/share/doc/pkg/copyright", type: "file", data: Buffer.from("(c)") },
+  { path: "./usr/share/doc/pkg/same", type: "file", data: Buffer.from("shared data") },
+  { path: "./usr/share/kept", type: "hardlink", linkname: "./usr/share/doc/pkg/same" },
+  { path: LONG, type: "file", data: Buffer.from("long") },
+  {
+    path: "./usr/share/base-passwd/passwd.master",
+    type: "file",
+    data: Buffer.from("root:x:0:0:root:/root:/bin/bash\n"),
+  },
+  { path: "./usr/bin/mawk", type: "file", mode: 0o755, data: Buffer.from("awk") },
+];
+
+const POSTINST = `#!/bin/sh
+set -e
+update-alternatives --install /usr/bin/awk awk /usr/bin/mawk 5 \\
+  --slave /usr/share/man/man1/awk.1.gz awk.1.gz /usr/share/man/man1/mawk.1.gz \\
+  --slave /usr/bin/nawk nawk /usr/bin/mawk
+update-alternatives --install /usr/bin/awk awk "$X" 10
+`;
+
+t.test("tar round trip: types, modes, long names, chunked input", async (t) => {
+  const entries = await entriesOf(buildTar(PKG));
+  t.equal(entries.length, PKG.length);
+  const by = new Map(entries.map((e) => [e.path, e]));
+  t.equal(by.get("./usr/bin/su-thing")?.mode, 0o4755);
+  t.equal(by.get("./bin/tool-alias")?.type, "hardlink");
+  t.equal(by.get("./bin/tool-alias")?.linkname, "./bin/tool");
+  t.equal(by.get(LONG)?.data.toString(), "long");
+  t.equal(by.get("./lib/libx.so.1.2")?.data.length, 3000);
+  t.equal(by.get("./bin/tool")?.uid, 1000);
+});
+
+t.test("tar: a corrupt header is an error, not garbage", async (t) => {
+  const tar = buildTar(PKG);
+  tar[10] = (tar[10] ?? 0) ^ 0xff;
+  await t.rejects(entriesOf(tar), /checksum/);
+});
+
+t.test("ar: members of a .deb, data.tar.xz decompressed with the host's xz", async (t) => {
+  const tar = buildTar(PKG.slice(0, 3));
+  const xz = spawnSync("xz", ["-c"], { input: tar }).stdout;
+  const deb = buildAr([
+    { name: "debian-binary", data: Buffer.from("2.0\n") },
+    { name: "control.tar.gz", data: Buffer.from("odd") }, // odd length: tests 2-byte alignment
+    { name: "data.tar.xz", data: xz },
+  ]);
+  const members = parseAr(deb);
+  t.same(
+    members.map((m) => m.name),
+    ["debian-binary", "control.tar.gz", "data.tar.xz"],
+  );
+  const out: string[] = [];
+  for await (const e of readTar(decompressMember(debTarMember(members, "data")))) out.push(e.path);
+  t.same(out, ["./", "./bin/", "./bin/tool"]);
+  t.throws(() => parseAr(Buffer.from("not an ar")));
+  const bad = parseAr(deb)[2] as { name: string; data: Buffer };
+  await t.rejects(async () => {
+    for await (const _ of readTar(decompressMember({ name: bad.name, data: Buffer.from("garbage") }))) {
+    }
+  }, /xz/);
+});
+
+t.test("paths: normalisation, merged /usr, drops, symlink rewriting", async (t) => {
+  t.equal(normalizePath("./usr/bin/"), "usr/bin");
+  t.equal(normalizePath("./"), "");
+  t.equal(mergeUsr("bin/ls"), "usr/bin/ls");
+  t.equal(mergeUsr("lib64/ld.so"), "usr/lib64/ld.so");
+  t.equal(mergeUsr("libexec/x"), "libexec/x");
+  t.ok(isDropped("usr/share/doc/x/copyright"));
+  t.ok(isDropped("usr/share/doc"));
+  t.notOk(isDropped("usr/share/docs-like"));
+  t.ok(isDropped("usr/include/a.h", ["usr/include/"]));
+  t.equal(rewriteSymlink("sbin/rel", "usr/sbin/rel", "../usr/bin/x"), "../bin/x");
+  t.equal(rewriteSymlink("usr/bin/tool", "usr/bin/tool", "/bin/tool"), undefined);
+  t.equal(rewriteSymlink("bin/sh", "usr/bin/sh", "dash"), "dash");
+  t.equal(rewriteSymlink("usr/bin/x", "usr/bin/x", "/etc/alternatives/x"), "/etc/alternatives/x");
+});
+
+t.test("parseAlternatives: literal calls with slaves; calls with variables skipped", async (t) => {
+  const alts = parseAlternatives(POSTINST);
+  t.equal(alts.length, 1);
+  t.same(alts[0], {
+    link: "/usr/bin/awk",
+    name: "awk",
+    path: "/usr/bin/mawk",
+    priority: 5,
+    slaves: [
+      { link: "/usr/share/man/man1/awk.1.gz", name: "awk.1.gz", path: "/usr/share/man/man1/mawk.1.gz" },
+      { link: "/usr/bin/nawk", name: "nawk", path: "/usr/bin/mawk" },
+    ],
+  });
+});
+
+t.test("rootfs → cpio: root-owned, merged /usr, hard links, setuid, drops, synthesized files", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), "vmdib-cpio-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, "initrd");
+  const fd = openSync(file, "w");
+  const cpio = new CpioWriter(fd);
+  const root = new RootfsWriter(cpio, 1_700_000_000);
+  root.addSkeleton();
+  root.addPackage(await entriesOf(buildTar(PKG)), POSTINST);
+  root.addPackage(
+    await entriesOf(buildTar([{ path: "./bin/tool", type: "file", data: Buffer.from("other") }])),
+    undefined,
+  );
+  root.add({ name: "init", mode: S_IFREG | 0o755, data: Buffer.from("#!/bin/sh\n") });
+  root.synthesize({ hostname: "vmdib" });
+  cpio.finish();
+  closeSync(fd);
+  const buf = readFileSync(file);
+  t.equal(buf.length % 512, 0, "padded to 512-byte blocks");
+  const entries = parseCpio(buf);
+  const by = new Map(entries.map((e) => [e.name, e]));
+  t.equal(new Set(entries.map((e) => e.name)).size, entries.length, "no duplicate names");
+  t.ok(
+    entries.every((e) => e.uid === 0 && e.gid === (e.name === "etc/shadow" || e.name === "etc/gshadow" ? 42 : 0)),
+    "root-owned",
+  );
+  const type = (n: string) => (by.get(n)?.mode ?? 0) & S_IFMT;
+  t.equal(by.get(".")?.mode, S_IFDIR | 0o755);
+  for (const d of ["bin", "sbin", "lib", "lib64"]) {
+    t.equal(type(d), S_IFLNK, `${d} is a symlink`);
+    t.equal(by.get(d)?.data.toString(), `usr/${d}`);
+  }
+  t.equal(by.get("tmp")?.mode, S_IFDIR | 0o1777);
+  t.equal(by.get("usr/bin/su-thing")?.mode, S_IFREG | 0o4755, "setuid kept");
+  t.equal(by.get("usr/bin/tool")?.data.toString(), "", "hard link: data only with the last member");
+  t.equal(by.get("usr/bin/tool-alias")?.data.toString(), "#!/bin/sh\necho tool\n");
+  t.equal(by.get("usr/bin/tool")?.ino, by.get("usr/bin/tool-alias")?.ino);
+  t.equal(by.get("usr/bin/tool")?.nlink, 2);
+  t.equal(by.get("usr/bin/tool")?.mode, S_IFREG | 0o755);
+  t.ok(root.conflicts.includes("usr/bin/tool"), "second package's /bin/tool is a recorded conflict");
+  t.equal(by.get("usr/share/kept")?.data.toString(), "shared data", "link kept although its target was a dropped doc");
+  t.equal(by.get("usr/share/kept")?.nlink, 1);
+  t.notOk(
+    [...by.keys()].some((n) => n.startsWith("usr/share/doc")),
+    "docs dropped",
+  );
+  t.equal(by.get("usr/sbin/rel")?.data.toString(), "../bin/su-thing");
+  t.equal(by.get("usr/lib/libx.so.1")?.data.toString(), "libx.so.1.2");
+  t.equal(by.get(LONG.slice(2))?.data.toString(), "long");
+  t.equal(by.get("init")?.mode, S_IFREG | 0o755);
+  t.match(by.get("etc/passwd")?.data.toString() ?? "", /^root:x:0:0:.*\nsshd:x:/s);
+  t.match(by.get("etc/shadow")?.data.toString() ?? "", /^root:\*:/);
+  t.equal(by.get("etc/shadow")?.mode, S_IFREG | 0o640);
+  t.equal(by.get("usr/bin/awk")?.data.toString(), "/etc/alternatives/awk");
+  t.equal(by.get("etc/alternatives/awk")?.data.toString(), "/usr/bin/mawk");
+  t.equal(by.get("usr/bin/nawk")?.data.toString(), "/etc/alternatives/nawk");
+  t.notOk(by.has("etc/alternatives/awk.1.gz"), "slave whose target was dropped is skipped");
+  t.equal(type("dev/console"), 0o020000);
+  // Parents come before children, as the kernel's unpacker needs.
+  const seen = new Set<string>();
+  for (const e of entries) {
+    const parent = e.name.includes("/") ? e.name.slice(0, e.name.lastIndexOf("/")) : ".";
+    if (e.name !== ".") t.ok(seen.has(parent) || parent === ".", `${e.name} after its parent`);
+    seen.add(e.name);
+  }
+});
