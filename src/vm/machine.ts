@@ -200,6 +200,10 @@ async function startOn(
   const runDir = await mkdtemp(join(base, RUN_PREFIX));
   stack.push("remove run directory", () => rm(runDir, { recursive: true, force: true }));
   await writeFile(join(runDir, "controller.pid"), `${process.pid}\n`);
+  if (opts.debug) {
+    // Debugging: keep the whole console of every run, not only of failed ones.
+    stack.push("keep serial log", () => preserveSerialLog(join(runDir, "serial.log"), env, undefined));
+  }
 
   const keys = generateKeys();
   const secret = (name: string, text: string) => writeFile(join(runDir, name), text, { mode: 0o600 });
