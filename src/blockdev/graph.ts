@@ -1172,3 +1172,71 @@ function topoSort(ctx: Ctx, nodes: Map<string, GraphNode>): GraphNode[] {
   }
   return out;
 }
+
+/** What DIB's `dib-block-device init` + `getval` give the build before the image size is known. */
+export interface BlockDeviceInitInfo {
+  /** DIB_ROOT_LABEL, DIB_ROOT_FSTYPE, DIB_MOUNTPOINTS: disk-image-create exports these before root.d runs. */
+  readonly env: Readonly<Record<"DIB_ROOT_LABEL" | "DIB_ROOT_FSTYPE" | "DIB_MOUNTPOINTS", string>>;
+  /** The root filesystem's type: what imageSizeBytes() needs as rootFsType (DIB uses DIB_ROOT_FSTYPE there). */
+  readonly rootFsType: MkfsType;
+  readonly warnings: readonly string[];
+}
+
+/**
+ * Validates the whole config and answers DIB's early questions (root label, root type, mount points) before the
+ * tree exists: call it while planning, so a bad config fails in seconds rather than after debootstrap. Sizes are
+ * checked against the largest image vmdib plans; planBlockDevice() checks them again against the real size.
+ */
+export function blockDeviceInitInfo(
+  config: BlockDeviceConfig,
+  params: Omit<BlockDevicePlanParams, "imageSizeBytes" | "imageDir" | "mountBase">,
+): BlockDeviceInitInfo {
+  const plan = planBlockDevice(config, { ...params, imageSizeBytes: MAX_IMAGE_BYTES, imageDir: "/", mountBase: "/" });
+  const { DIB_ROOT_LABEL, DIB_ROOT_FSTYPE, DIB_MOUNTPOINTS } = plan.env as Record<string, string>;
+  return {
+    env: {
+      DIB_ROOT_LABEL: DIB_ROOT_LABEL ?? "",
+      DIB_ROOT_FSTYPE: DIB_ROOT_FSTYPE ?? "",
+      DIB_MOUNTPOINTS: DIB_MOUNTPOINTS ?? "",
+    },
+    rootFsType: plan.root.fsType,
+    warnings: plan.warnings,
+  };
+}
+
+/** A human summary of the layout for `--dry-run` (the JSON form is the plan itself). */
+export function describeBlockDevicePlan(plan: BlockDevicePlan): string[] {
+  const gib = (b: number) => (b >= 1024 ** 3 ? `${(b / 1024 ** 3).toFixed(2)} GiB` : `${(b / MiB).toFixed(0)} MiB`);
+  const out = [`config: ${plan.source}`];
+  for (const d of plan.disks) {
+    out.push(`${d.name}: ${gib(d.sizeBytes)} ${d.backing.kind === "file" ? "sparse file" : "disk"} ${d.backing.path}`);
+    for (const t of plan.partitionTables.filter((x) => x.disk === d.name)) {
+      out.push(`  ${t.label} partition table ${t.name} (id ${t.diskId})`);
+      for (const p of t.partitions) {
+        const flags = p.flags.length ? ` [${p.flags.join(",")}]` : "";
+        out.push(
+          `    ${p.number} ${p.name}: ${gib(p.sizeSectors * SECTOR)} at sector ${p.startSector}, type ${p.type}${flags}`,
+        );
+      }
+    }
+  }
+  for (const l of plan.lvm) {
+    out.push(
+      `lvm ${l.name}: pvs ${l.pvs.map((p) => `${p.name}(${p.base})`).join(" ")}; vgs ${l.vgs.map((v) => v.name).join(" ")}`,
+    );
+    for (const lv of l.lvs) out.push(`  lv ${lv.vg}/${lv.name}: ${lv.size ?? lv.extents}`);
+  }
+  for (const f of plan.filesystems) {
+    out.push(
+      `mkfs ${f.name}: ${f.type} on ${f.base}, label ${JSON.stringify(f.label)}, uuid ${f.uuid ?? "(mkfs picks)"}${f.opts.length ? `, options ${f.opts.join(" ")}` : ""}`,
+    );
+  }
+  for (const m of plan.mounts) {
+    const fstab = plan.fstab.find((x) => x.mount === m.name);
+    out.push(
+      `mount ${m.mountPoint} <- ${m.base}${fstab ? ` (fstab: ${fstab.spec} ${fstab.options} ${fstab.dumpFreq} ${fstab.fsckPassno})` : ""}`,
+    );
+  }
+  for (const w of plan.warnings) out.push(`warning: ${w}`);
+  return out;
+}

@@ -4,7 +4,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
 import { parseBlockDeviceConfig } from "../../src/blockdev/config.js";
-import { type BlockDevicePlanParams, derivedUuid, GPT_TYPE_CODES, planBlockDevice } from "../../src/blockdev/graph.js";
+import {
+  type BlockDevicePlanParams,
+  blockDeviceInitInfo,
+  derivedUuid,
+  describeBlockDevicePlan,
+  GPT_TYPE_CODES,
+  planBlockDevice,
+} from "../../src/blockdev/graph.js";
 import { GiB, MiB } from "../../src/blockdev/size.js";
 import { UsageError } from "../../src/errors.js";
 
@@ -487,3 +494,22 @@ t.test(
     t.ok(MiB > 0);
   },
 );
+
+t.test("blockDeviceInitInfo: DIB's early getval answers, and early validation", async (t) => {
+  const info = blockDeviceInitInfo(parseBlockDeviceConfig(MINIMAL(""), "t"), { fsType: "xfs" });
+  t.same(info.env, { DIB_ROOT_LABEL: "img-rootfs", DIB_ROOT_FSTYPE: "xfs", DIB_MOUNTPOINTS: "/" });
+  t.equal(info.rootFsType, "xfs");
+  t.throws(() => blockDeviceInitInfo(parseBlockDeviceConfig(MINIMAL("      type: zfs"), "t"), {}), UsageError);
+  // a 3G partition is fine before the size is known; planBlockDevice checks it against the real size
+  const big =
+    "- local_loop:\n    name: image0\n- partitioning:\n    base: image0\n    label: gpt\n    partitions:\n      - name: root\n        size: 3G\n- mkfs:\n    name: mkfs_root\n    base: root\n    mount:\n      mount_point: /\n";
+  t.equal(blockDeviceInitInfo(parseBlockDeviceConfig(big, "t"), {}).rootFsType, "ext4");
+});
+
+t.test("describeBlockDevicePlan summarises the layout for --dry-run", { skip: !haveDib && "no DIB" }, async (t) => {
+  const lines = describeBlockDevicePlan(plan(element("block-device-efi")));
+  t.match(
+    lines.join("\n"),
+    /gpt partition table[\s\S]*1 ESP: 550 MiB at sector 2048[\s\S]*mount \/boot\/efi <- mkfs_ESP \(fstab: LABEL=MKFS_ESP defaults 0 2\)/,
+  );
+});
