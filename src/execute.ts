@@ -210,8 +210,8 @@ export async function executePlan(
     // under TCG it is far faster than any disk. The guest's memory bounds it.
     await runStep("prepare", [
       "bash",
-      "-euc",
-      `mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=90%,mode=0755 vmdib-build ${GUEST_PATHS.build}`,
+      "-c",
+      `set -eu; mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=90%,mode=0755 vmdib-build ${GUEST_PATHS.build}`,
     ]);
     cleanup.push("unmount the build tree", () => phase("unmount", "--all").catch(() => undefined));
     for (const name of ["root", "extra-data", "pre-install", "install"]) await phase(name);
@@ -254,7 +254,8 @@ export async function executePlan(
     for (const name of ["pre-finalise", "finalise", "cleanup"]) await phase(name);
 
     const treeCmds = treeOutputCommands(plan.outputs, GUEST_PATHS.targetRoot, GUEST_PATHS.out);
-    if (treeCmds.length > 0) await runStep("tree-outputs", ["bash", "-euo", "pipefail", "-c", treeCmds.join("\n")]);
+    if (treeCmds.length > 0)
+      await runStep("tree-outputs", ["bash", "-c", `set -eu -o pipefail\n${treeCmds.join("\n")}`]);
     await phase("unmount", "--all");
     await script("blockdev-umount", buildUmountScript(layout));
     await machine.stop();
