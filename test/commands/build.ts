@@ -1,0 +1,97 @@
+// Tests for src/commands/build.ts: --help/--version, --dry-run [--json], and bad input ending in exit 2.
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import t from "tap";
+import { PACKAGE_ROOT } from "../../src/paths.js";
+import { vmdib } from "../helpers/cli.js";
+
+// A mirror is named so that planning never depends on this machine's apt sources.
+const ENV = { DIB_DISTRIBUTION_MIRROR: "http://mirror.example.invalid/debian" };
+
+t.test("--help is generated from the settings table; --version", async (t) => {
+  const help = await vmdib(["build", "--help"]);
+  t.equal(help.code, 0);
+  t.match(help.stdout, /--image-extra-size SIZE/);
+  t.match(help.stdout, /MKFS_OPTS/);
+  t.same(await vmdib(["help", "build"]), help, "`vmdib help build` prints the same");
+  const version = await vmdib(["--version"]);
+  t.match(version.stdout, /^vmdib \d+\.\d+\.\d+/);
+});
+
+t.test("--dry-run prints the plan without starting anything", async (t) => {
+  const r = await vmdib(["build", "--dry-run", "-o", "out/deb", "vm", "debian-minimal"], ENV);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /Elements:\n {2}base +\S+\/elements\/base/);
+  t.match(r.stdout, /block-device-mbr/, "vm without a block-device element gets block-device-mbr");
+  t.match(r.stdout, /root +\[appliance\]/);
+  t.match(r.stdout, /install +\[chroot\]/);
+  t.match(r.stdout, /DIB_DISTRIBUTION_MIRROR="http:\/\/mirror\.example\.invalid\/debian"/);
+  t.match(r.stdout, /out\/deb\.qcow2/);
+});
+
+t.test("--dry-run --json is one JSON document with the same plan", async (t) => {
+  const r = await vmdib(["build", "--dry-run", "--json", "-t", "qcow2,tar", "vm", "debian-minimal"], ENV);
+  t.equal(r.code, 0, r.stderr);
+  const plan = JSON.parse(r.stdout);
+  t.same(
+    plan.outputs.map((o: { path: string }) => o.path),
+    ["image.qcow2", "image.tar"],
+  );
+  t.ok(plan.elements.some((e: { name: string }) => e.name === "debian-minimal"));
+  t.equal(plan.steps[0].name, "root");
+  t.equal(plan.blockDevice.layout.root.label, "cloudimg-rootfs");
+});
+
+t.test("-n drops base; --root-label and FS_TYPE reach the layout", async (t) => {
+  const r = await vmdib(["build", "--dry-run", "--json", "-n", "--root-label", "myroot", "vm", "debian-minimal"], {
+    ...ENV,
+    FS_TYPE: "xfs",
+  });
+  t.equal(r.code, 0, r.stderr);
+  const plan = JSON.parse(r.stdout);
+  t.notOk(plan.elements.some((e: { name: string }) => e.name === "base"));
+  t.equal(plan.blockDevice.layout.root.label, "myroot");
+  t.equal(plan.blockDevice.layout.root.fsType, "xfs");
+});
+
+t.test("bad input: exit 2, one message with a hint, no stack trace", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-build-test-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, "not-a-dir");
+  await writeFile(file, "");
+  const cases: [string[], NodeJS.ProcessEnv, RegExp][] = [
+    [["no-such-element", "debian-minimal"], {}, /element 'no-such-element' not found/],
+    [["vm"], {}, /operating-system/],
+    [["-t", "qcow3", "debian-minimal"], {}, /unknown image type 'qcow3'/],
+    [["--image-size", "-1", "debian-minimal"], {}, /--image-size/],
+    [["--image-size", "0", "debian-minimal"], {}, /--image-size/],
+    [["--image-size", "1e9", "debian-minimal"], {}, /--image-size/],
+    [["--bogus", "debian-minimal"], {}, /unknown option '--bogus'/],
+    [["--accel", "warp", "debian-minimal"], {}, /unknown accelerator 'warp'/],
+    [["debian-minimal"], { ELEMENTS_PATH: file }, /not-a-dir/],
+    [["vm", "debian-minimal"], { DIB_BLOCK_DEVICE_CONFIG: "file:///nonexistent/bd.yaml" }, /DIB_BLOCK_DEVICE_CONFIG/],
+    [["vm", "debian-minimal"], { DIB_BLOCK_DEVICE_CONFIG: "- local_loop: [unclosed" }, /DIB_BLOCK_DEVICE_CONFIG/],
+    [[], {}, /no elements given/],
+  ];
+  for (const [args, env, re] of cases) {
+    const r = await vmdib(["build", "--dry-run", ...args], { ...ENV, ...env });
+    const what = `${args.join(" ")} ${JSON.stringify(env)}`;
+    t.equal(r.code, 2, `${what}: exit 2`);
+    t.match(r.stderr, re, what);
+    t.match(r.stderr, /hint: /, `${what}: has a hint`);
+    t.notMatch(r.stderr, /\n\s+at /, `${what}: no stack trace`);
+  }
+});
+
+t.test("--debug adds the stack trace", async (t) => {
+  const r = await vmdib(["build", "--debug", "--dry-run", "nope"], ENV);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /\n\s+at /);
+});
+
+t.test("the shipped elements resolve", async (t) => {
+  const r = await vmdib(["elements", "vm", "debian-minimal"], { ELEMENTS_PATH: join(PACKAGE_ROOT, "elements") });
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /\bbootloader\b/);
+});
