@@ -53,6 +53,7 @@ async function build(ctx: CommandContext, args: string[]): Promise<number> {
     env: ctx.env,
     offline: values.offline ?? false,
     noCache: values["no-cache"] ?? false,
+    refresh: true,
     signal: ctx.signal,
     onEvent: (e) => {
       const line = formatEvent(e);

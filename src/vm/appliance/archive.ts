@@ -159,20 +159,34 @@ export async function verifyInRelease(path: string, keyring: string): Promise<st
   });
 }
 
+/** How long a cached, verified InRelease is used without asking the mirror again (unless a refresh is asked for). */
+export const INDEX_MAX_AGE_MS = 6 * 3600 * 1000;
+
+export interface Release {
+  /** The signed text of InRelease, exactly as gpgv vouched for it. */
+  signedText: string;
+  date: string;
+  source: "network" | "cache";
+}
+
 /**
- * The suite's Packages index for `arch`: InRelease fetched and signature-checked, then Packages.xz (or .gz) checked
- * against the SHA256 it lists. Offline, the last verified copies in the cache are used (and re-verified).
+ * The suite's InRelease, signature-checked with gpgv. Offline, or when the cached copy is younger than
+ * INDEX_MAX_AGE_MS and no refresh is asked for, the cached copy is used (and verified again).
  */
-export async function loadIndex(o: ArchiveOptions): Promise<LoadedIndex> {
+export async function loadRelease(o: ArchiveOptions & { refresh?: boolean }): Promise<Release> {
   const dir = indexDir(o);
   const inReleasePath = join(dir, "InRelease");
   let signedText: string;
+  let source: Release["source"] = "cache";
+  const cachedAge = existsSync(inReleasePath) ? Date.now() - (await stat(inReleasePath)).mtimeMs : Infinity;
   if (o.offline) {
-    if (!existsSync(inReleasePath)) {
+    if (cachedAge === Infinity) {
       throw new VmdibError(`--offline: no cached index of ${o.suite} from ${o.mirror}`, {
         hint: "run `vmdib appliance build` once with network access first",
       });
     }
+    signedText = await verifyInRelease(inReleasePath, o.keyring);
+  } else if (!o.refresh && cachedAge < INDEX_MAX_AGE_MS) {
     signedText = await verifyInRelease(inReleasePath, o.keyring);
   } else {
     const res = await httpGet(`${o.mirror}/dists/${o.suite}/InRelease`, o.mirror, o.signal);
@@ -186,10 +200,17 @@ export async function loadIndex(o: ArchiveOptions): Promise<LoadedIndex> {
     } finally {
       await rm(tmp, { force: true });
     }
+    source = "network";
   }
   const date = /^Date:\s*(.*)$/m.exec(signedText)?.[1] ?? "";
-  o.onEvent?.({ type: "index", source: o.offline ? "cache" : "network", suite: o.suite, date });
-  const sums = parseReleaseSha256(signedText);
+  o.onEvent?.({ type: "index", source, suite: o.suite, date });
+  return { signedText, date, source };
+}
+
+/** The Packages index for `arch` listed in a verified InRelease: cached by hash, downloaded and checked if missing. */
+export async function loadPackages(o: ArchiveOptions, release: Release): Promise<LoadedIndex> {
+  const dir = indexDir(o);
+  const sums = parseReleaseSha256(release.signedText);
   const candidates = ["xz", "gz"].map((ext) => ({ ext, rel: `main/binary-${o.arch}/Packages.${ext}` }));
   const found = candidates.find((c) => sums.has(c.rel));
   if (!found) throw new VmdibError(`InRelease of ${o.suite} lists no main/binary-${o.arch}/Packages.xz or .gz`);
@@ -211,7 +232,7 @@ export async function loadIndex(o: ArchiveOptions): Promise<LoadedIndex> {
     found.ext === "xz"
       ? await streamToString(spawnFilter("xz", ["-dc"], compressed))
       : (await import("node:zlib")).gunzipSync(compressed).toString("utf8");
-  return { index: parsePackages(text, o.arch), date, packagesSha256: want.sha256 };
+  return { index: parsePackages(text, o.arch), date: release.date, packagesSha256: want.sha256 };
 }
 
 async function streamToString(s: Readable): Promise<string> {

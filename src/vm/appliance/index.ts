@@ -7,7 +7,15 @@ import { join } from "node:path";
 import { VmdibError } from "../../errors.js";
 import { resolveMirror } from "../../mirror.js";
 import { cacheDir, GUEST_DIR } from "../../paths.js";
-import { DEFAULT_KEYRING, fetchDebs, loadIndex, type OnEvent, sha256File } from "./archive.js";
+import {
+  DEFAULT_KEYRING,
+  fetchDebs,
+  loadPackages,
+  loadRelease,
+  type OnEvent,
+  sha256File,
+  writeAtomic,
+} from "./archive.js";
 import { assembleAppliance } from "./build.js";
 import { resolveClosure } from "./closure.js";
 import type { DebPackage, PackageIndex } from "./packages.js";
@@ -69,6 +77,8 @@ export interface EnsureApplianceOptions {
   guestDir?: string;
   /** Defaults to <guestDir>/init. */
   initPath?: string;
+  /** Ask the mirror for a new index even if the cached one is recent (`vmdib appliance build` does). */
+  refresh?: boolean;
 }
 
 function applianceRoot(cacheRoot: string): string {
@@ -104,21 +114,57 @@ export function applianceKey(parts: {
   return h.digest("hex").slice(0, 16);
 }
 
-/** Is the cached appliance in `dir` complete and uncorrupted? Returns its manifest, or why not. */
-export async function checkAppliance(dir: string): Promise<{ manifest?: ApplianceManifest; problem?: string }> {
+/** Stat facts of a verified file; when they still match, the file is not hashed again. */
+interface VerifiedStamp {
+  [file: string]: { size: number; mtimeMs: number; ino: number; sha256: string };
+}
+
+const STAMP = ".verified.json";
+
+/**
+ * Is the cached appliance in `dir` complete and uncorrupted? Returns its manifest, or why not. Kernel and initrd
+ * are hashed against the manifest once; afterwards a stamp of their size, mtime and inode stands in for the hash
+ * (a truncated or rewritten file changes those), unless `full` asks for the hash again.
+ */
+export async function checkAppliance(
+  dir: string,
+  full = false,
+): Promise<{ manifest?: ApplianceManifest; problem?: string }> {
   let manifest: ApplianceManifest;
   try {
     manifest = JSON.parse(await readFile(join(dir, "manifest.json"), "utf8")) as ApplianceManifest;
   } catch {
     return { problem: "no readable manifest.json" };
   }
+  let stamp: VerifiedStamp = {};
+  try {
+    stamp = JSON.parse(await readFile(join(dir, STAMP), "utf8")) as VerifiedStamp;
+  } catch {}
+  let hashed = false;
   for (const f of [manifest.kernel, manifest.initrd]) {
     const path = join(dir, f.file);
     if (!existsSync(path)) return { problem: `${f.file} is missing` };
-    if ((await stat(path)).size !== f.size) return { problem: `${f.file} has the wrong size` };
+    const st = await stat(path);
+    if (st.size !== f.size) return { problem: `${f.file} has the wrong size (${st.size}, manifest says ${f.size})` };
+    const s = stamp[f.file];
+    if (!full && s && s.size === st.size && s.mtimeMs === st.mtimeMs && s.ino === st.ino && s.sha256 === f.sha256) {
+      continue;
+    }
     if ((await sha256File(path)) !== f.sha256) return { problem: `${f.file} does not match its sha256` };
+    stamp[f.file] = { size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, sha256: f.sha256 };
+    hashed = true;
   }
+  if (hashed) await writeAtomic(join(dir, STAMP), JSON.stringify(stamp)).catch(() => {}); // read-only cache: fine
   return { manifest };
+}
+
+/** Hash of everything that decides the resolution, so a warm start can skip parsing the Packages index. */
+function resolutionInputs(parts: { mirror: string; release: string; yaml: string; init: Buffer }): string {
+  const h = createHash("sha256");
+  h.update(`vmdib-resolution ${BUILDER_VERSION}\n${parts.mirror}\n`);
+  for (const x of [parts.release, parts.yaml, parts.init])
+    h.update(`${createHash("sha256").update(x).digest("hex")}\n`);
+  return h.digest("hex").slice(0, 24);
 }
 
 /**
@@ -153,7 +199,28 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
     ...(onEvent ? { onEvent } : {}),
   };
   let t0 = Date.now();
-  const loaded = await loadIndex(archive);
+  const release = await loadRelease({ ...archive, refresh: opts.refresh ?? false });
+  const root = applianceRoot(cacheRoot);
+  // Warm path: the same signed index + declaration resolved before to a key whose appliance is intact.
+  const resolvedFile = join(
+    root,
+    ".resolved",
+    `${resolutionInputs({ mirror, release: release.signedText, yaml: spec.text, init })}.json`,
+  );
+  if (!opts.noCache && existsSync(resolvedFile)) {
+    const { key } = JSON.parse(await readFile(resolvedFile, "utf8")) as { key: string };
+    const dir = join(root, key);
+    const check = existsSync(dir) ? await checkAppliance(dir) : { problem: "missing" };
+    if (check.manifest) {
+      onEvent?.({ type: "cache-hit", key, dir });
+      return toAppliance(dir, check.manifest, true);
+    }
+    if (check.problem !== "missing") {
+      onEvent?.({ type: "warning", message: `cached appliance ${key} is damaged (${check.problem}); rebuilding it` });
+    }
+  }
+
+  const loaded = await loadPackages(archive, release);
   const roots = [...spec.packages];
   if (spec.essential) {
     for (const p of loaded.index.packages.values())
@@ -167,8 +234,8 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
     message: `resolved ${closure.packages.length} packages + ${kernelPkg.name}, key ${key}`,
     ms: Date.now() - t0,
   });
+  await writeAtomic(resolvedFile, `${JSON.stringify({ key })}\n`);
 
-  const root = applianceRoot(cacheRoot);
   const dir = join(root, key);
   if (!opts.noCache && existsSync(dir)) {
     const check = await checkAppliance(dir);
