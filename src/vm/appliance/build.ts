@@ -7,6 +7,7 @@ import type { FetchedDeb, OnEvent } from "./archive.js";
 import { sha256File } from "./archive.js";
 import { CpioWriter, S_IFREG } from "./cpio.js";
 import { debTarMember, decompressMember, parseAr } from "./deb.js";
+import { extractVmlinux } from "./kernel.js";
 import { buildModuleFiles, type ModuleInfo, moduleInfo, parseBuiltin, selectModules } from "./modules.js";
 import { RootfsWriter } from "./rootfs.js";
 import { readTar, type TarEntry } from "./tar.js";
@@ -32,6 +33,8 @@ export interface AssembleInput {
 export interface AssembleResult {
   kernelRelease: string;
   kernelFile: string;
+  /** The uncompressed ELF kernel, when the bzImage's payload could be unpacked. */
+  vmlinuxFile: string | undefined;
   initrdFile: string;
   modules: string[];
   conflicts: string[];
@@ -94,9 +97,15 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
     root.add({ name: "init", mode: S_IFREG | 0o755, data: input.init });
     root.synthesize({ hostname: "vmdib" });
     cpio.finish();
+    const vmlinux = await extractVmlinux(kernelFile);
+    const vmlinuxFile = vmlinux ? join(input.outDir, "vmlinux") : undefined;
+    if (vmlinux && vmlinuxFile) await writeFile(vmlinuxFile, vmlinux);
+    else
+      onEvent?.({ type: "warning", message: "could not extract vmlinux from the bzImage; only vmlinuz is available" });
     return {
       kernelRelease: kernel.release,
       kernelFile,
+      vmlinuxFile,
       initrdFile,
       modules: kernel.modules,
       conflicts: root.conflicts,

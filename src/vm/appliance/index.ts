@@ -24,7 +24,7 @@ import { loadApplianceSpec } from "./spec.js";
 export type { ApplianceEvent, OnEvent } from "./archive.js";
 
 /** Bump when the assembly changes in a way that must invalidate cached appliances. */
-export const BUILDER_VERSION = 2;
+export const BUILDER_VERSION = 3;
 
 export interface ApplianceFile {
   /** File name inside the appliance directory. */
@@ -45,6 +45,8 @@ export interface ApplianceManifest {
   packagesIndexSha256: string;
   kernel: ApplianceFile & { package: string; version: string; release: string };
   initrd: ApplianceFile & { compression: "none" };
+  /** The uncompressed ELF kernel (PVH-bootable), when it could be extracted from the bzImage. */
+  vmlinux?: ApplianceFile;
   packages: { name: string; version: string; sha256: string; size: number }[];
   /** Kernel modules in the initramfs, in load order (also /etc/vmdib/modules in the guest). */
   modules: string[];
@@ -59,6 +61,8 @@ export interface Appliance {
   kernel: string;
   /** Absolute path of the initramfs (newc cpio). */
   initrd: string;
+  /** Absolute path of the uncompressed ELF kernel for QEMU's PVH direct boot (faster than the bzImage), if any. */
+  vmlinux?: string;
   key: string;
   manifest: ApplianceManifest;
   /** True when an existing cached appliance was used. */
@@ -141,7 +145,7 @@ export async function checkAppliance(
     stamp = JSON.parse(await readFile(join(dir, STAMP), "utf8")) as VerifiedStamp;
   } catch {}
   let hashed = false;
-  for (const f of [manifest.kernel, manifest.initrd]) {
+  for (const f of [manifest.kernel, manifest.initrd, ...(manifest.vmlinux ? [manifest.vmlinux] : [])]) {
     const path = join(dir, f.file);
     if (!existsSync(path)) return { problem: `${f.file} is missing` };
     const st = await stat(path);
@@ -291,6 +295,7 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
         release: result.kernelRelease,
       },
       initrd: { ...(await fileInfo(result.initrdFile, "initrd.img")), compression: "none" },
+      ...(result.vmlinuxFile ? { vmlinux: await fileInfo(result.vmlinuxFile, "vmlinux") } : {}),
       packages: closure.packages.map((p) => ({ name: p.name, version: p.version, sha256: p.sha256, size: p.size })),
       modules: result.modules,
       conflicts: result.conflicts,
@@ -316,6 +321,7 @@ function toAppliance(dir: string, manifest: ApplianceManifest, reused: boolean):
     dir,
     kernel: join(dir, manifest.kernel.file),
     initrd: join(dir, manifest.initrd.file),
+    ...(manifest.vmlinux ? { vmlinux: join(dir, manifest.vmlinux.file) } : {}),
     key: manifest.key,
     manifest,
     reused,

@@ -40,9 +40,11 @@ export function mergeUsr(p: string): string {
   return (MERGED_USR_DIRS as readonly string[]).includes(first) ? `usr/${p}` : p;
 }
 
+/** Is `p` left out? Rules ending in "/" drop a whole tree (the directory included); others one exact path. */
 export function isDropped(p: string, extra: readonly string[] = []): boolean {
   const withSlash = `${p}/`;
-  return DROPPED_PREFIXES.some((d) => withSlash.startsWith(d)) || extra.some((d) => withSlash.startsWith(d));
+  const hit = (d: string) => (d.endsWith("/") ? withSlash.startsWith(d) : p === d);
+  return DROPPED_PREFIXES.some(hit) || extra.some(hit);
 }
 
 /** One `update-alternatives --install` found in a maintainer script. */
