@@ -1,0 +1,134 @@
+// Tests guest/dib/run-phase's chroot handling on the host, which needs root (mounts, chroot): a tiny root made of
+// the host's own binaries goes through init, root, install, packages and cleanup. Skipped for other users; the
+// end-to-end tests cover it in the helper VM.
+import { spawnSync } from "node:child_process";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import t from "tap";
+import { GUEST_DIR } from "../../src/paths.js";
+
+const RUN_PHASE = join(GUEST_DIR, "dib", "run-phase");
+
+// root.d: copy bash, coreutils and their libraries from the host, enough for dib-run-parts in the chroot.
+const FAKE_OS = `#!/bin/bash
+set -eu -o pipefail
+for b in bash sh env ls cat find sort mktemp rm date mkdir touch chmod grep install-packages; do
+  p=$(command -v "$b") || continue
+  mkdir -p "$TARGET_ROOT$(dirname "$p")"
+  cp -L "$p" "$TARGET_ROOT$p"
+  for l in $(ldd "$p" 2>/dev/null | grep -o '/[^ ]*'); do
+    mkdir -p "$TARGET_ROOT$(dirname "$l")"
+    cp -Ln "$l" "$TARGET_ROOT$l"
+  done
+done
+mkdir -p "$TARGET_ROOT"/{etc,tmp,root,usr/local/bin}
+[ -e "$TARGET_ROOT/bin" ] || ln -s usr/bin "$TARGET_ROOT/bin"
+printf '#!/bin/bash\\necho "installing $*" > /root/packages\\n' > "$TARGET_ROOT/usr/local/bin/install-packages"
+chmod 755 "$TARGET_ROOT/usr/local/bin/install-packages"
+echo "image's own" > "$TARGET_ROOT/etc/resolv.conf"
+`;
+
+const IN_CHROOT = `#!/bin/bash
+set -eu -o pipefail
+{
+  echo "FOO=$FOO HOME=$HOME"
+  [ -e /proc/self/status ] && echo proc
+  [ -e /dev/null ] && echo dev
+  [ -d /sys/class ] && echo sys
+  touch /tmp/in_target.d/probe 2>/dev/null && echo hooks-writable || echo hooks-read-only
+  cat /etc/resolv.conf
+} > /root/report
+`;
+
+function mounts(under: string): string[] {
+  return readFileSync("/proc/self/mounts", "utf8")
+    .split("\n")
+    .map((l) => l.split(" ")[1] ?? "")
+    .filter((m) => m.startsWith(under));
+}
+
+t.test("run-phase: root.d, chroot phases, -p packages and cleanup, leaving no mounts", async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.pass("needs root (mounts and chroot): skipped");
+    return;
+  }
+  const work = mkdtempSync(join(tmpdir(), "vmdib-rp-"));
+  const build = join(work, "build");
+  t.teardown(() => {
+    spawnSync("bash", [RUN_PHASE, work, "unmount", "--all"]);
+    rmSync(work, { recursive: true, force: true });
+  });
+  for (const [dir, name, body] of [
+    ["root.d", "10-fake-os", FAKE_OS],
+    ["install.d", "50-report", IN_CHROOT],
+    ["cleanup.d", "10-check", '#!/bin/bash\necho "cleanup sees $TARGET_ROOT"\n'],
+  ] as const) {
+    mkdirSync(join(work, "hooks", dir), { recursive: true });
+    writeFileSync(join(work, "hooks", dir, name), body);
+    chmodSync(join(work, "hooks", dir, name), 0o755);
+  }
+  mkdirSync(join(work, "hooks", "environment.d"));
+  writeFileSync(join(work, "hooks", "environment.d", "10-foo"), "export FOO=from-environment-d\n");
+  writeFileSync(
+    join(work, "env"),
+    `export IMAGE_ELEMENT=fake\nexport IMAGE_NAME='${work}/out/image'\nexport TMP_BUILD_DIR='${build}'\n`,
+  );
+  const step = (...args: string[]) => {
+    const r = spawnSync("bash", [RUN_PHASE, work, ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+    t.equal(r.status, 0, `${args.join(" ")}: ${r.stderr.slice(-2000)}`);
+    return r;
+  };
+  const mnt = join(build, "mnt");
+
+  step("root");
+  t.same(mounts(mnt).sort(), [`${mnt}/dev`, `${mnt}/dev/pts`, `${mnt}/proc`, `${mnt}/sys`].sort());
+  step("install");
+  const report = readFileSync(join(mnt, "root", "report"), "utf8");
+  t.match(report, "FOO=from-environment-d HOME=/root");
+  t.match(report, /proc\ndev\nsys\nhooks-read-only\n/);
+  t.notMatch(report, "image's own", "the build resolves names with the appliance's resolv.conf");
+  t.notOk(
+    mounts(mnt).some((m) => m.endsWith("in_target.d")),
+    "hooks unbound after the phase",
+  );
+  step("packages", "a,b", "c");
+  t.equal(readFileSync(join(mnt, "root", "packages"), "utf8"), "installing a b c\n");
+
+  const cleanup = step("cleanup");
+  t.match(cleanup.stdout + cleanup.stderr, `cleanup sees ${mnt}`);
+  t.equal(readFileSync(join(mnt, "etc", "resolv.conf"), "utf8"), "image's own\n", "resolv.conf restored");
+  t.same(mounts(mnt), [], "no mounts left");
+});
+
+t.test("run-phase: a failing chroot hook fails the step with its exit code and unbinds the hooks", async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.pass("needs root (mounts and chroot): skipped");
+    return;
+  }
+  const work = mkdtempSync(join(tmpdir(), "vmdib-rp-"));
+  t.teardown(() => {
+    spawnSync("bash", [RUN_PHASE, work, "unmount", "--all"]);
+    rmSync(work, { recursive: true, force: true });
+  });
+  mkdirSync(join(work, "hooks", "root.d"), { recursive: true });
+  mkdirSync(join(work, "hooks", "install.d"), { recursive: true });
+  writeFileSync(join(work, "hooks", "root.d", "10-fake-os"), FAKE_OS);
+  writeFileSync(join(work, "hooks", "install.d", "20-fails"), "#!/bin/bash\nexit 42\n");
+  chmodSync(join(work, "hooks", "root.d", "10-fake-os"), 0o755);
+  chmodSync(join(work, "hooks", "install.d", "20-fails"), 0o755);
+  writeFileSync(
+    join(work, "env"),
+    `export IMAGE_ELEMENT=fake\nexport IMAGE_NAME='${work}/out/image'\nexport TMP_BUILD_DIR='${work}/build'\n`,
+  );
+  const run = (step: string) =>
+    spawnSync("bash", [RUN_PHASE, work, step], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  t.equal(run("root").status, 0);
+  const failed = run("install");
+  t.equal(failed.status, 42);
+  t.match(failed.stderr, /dib-run-parts \/tmp\/in_target\.d\/install\.d\/20-fails failed with exit code 42/);
+  t.match(failed.stderr, /run-phase: step 'install' failed with exit code 42/);
+  t.notOk(mounts(join(work, "build", "mnt")).some((m) => m.endsWith("in_target.d")));
+  t.equal(run("unmount").status, 0);
+  t.same(mounts(join(work, "build", "mnt")), []);
+});
