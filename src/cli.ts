@@ -26,6 +26,14 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: "boot the helper VM and open an interactive root shell in it",
     load: async () => (await import("./commands/shell.js")).run,
   },
+  boot: {
+    summary: "boot a built disk image with its console on this terminal (Ctrl-A X quits)",
+    load: async () => (await import("./commands/boot.js")).run,
+  },
+  test: {
+    summary: "boot a built disk image headless and check it (login prompt, console, root by label, SSH)",
+    load: async () => (await import("./commands/test-image.js")).run,
+  },
   help: { summary: "show help for a command", load: async () => helpCommand },
 };
 

@@ -1,0 +1,139 @@
+// `vmdib test IMAGE`: boot a built image headless (the image is never changed) and report PASS/FAIL per check:
+// login prompt, serial console on the kernel command line, root by label, and with a key an SSH login.
+import { resolve } from "node:path";
+import { UsageError } from "../errors.js";
+import { type CheckStatus, type ImageTestReport, testImage } from "../vm/image-boot.js";
+import type { Accel } from "../vm/qemu.js";
+import { parseImageArgs, positiveInt } from "./boot.js";
+import type { Command } from "./context.js";
+
+export const TEST_HELP = `usage: vmdib test [options] IMAGE
+
+Boot IMAGE headless under QEMU (with -snapshot: the image file is never changed) and check that it
+  1. reaches a login prompt on the serial console,
+  2. has the serial console on its kernel command line (console=ttyS0),
+  3. mounts its root file system by label (root=LABEL=..., not the build's loop device),
+  4. with --ssh-key and --user: accepts an SSH login and runs \`findmnt\` and \`cat /proc/cmdline\`.
+Prints PASS/FAIL per check (and the tail of the serial console on failure); exits 0 only if none failed.
+
+options:
+  --ssh-key FILE        private key for check 4 (unencrypted; its public half is in the image, e.g. by devuser)
+  --user NAME           user for check 4 (DIB's devuser element: devuser)
+  --timeout SECONDS     for the whole test (default 300: software emulation is slow)
+  --json                print the report as JSON on stdout
+  --uefi                boot with UEFI firmware (OVMF) instead of BIOS
+  --memory MIB          guest memory (default 1024)
+  --cpus N              virtual CPUs (default: all host cores)
+  --accel kvm|hvf|tcg   accelerator (default: probed once per host, then remembered)
+  -v, --verbose         show progress and the guest's console live on stderr
+`;
+
+export interface TestCommandOptions {
+  image: string;
+  uefi: boolean;
+  memoryMiB?: number;
+  cpus?: number;
+  accel?: Accel;
+  verbose: boolean;
+  sshKey?: string;
+  user?: string;
+  timeoutS?: number;
+  json: boolean;
+}
+
+export function parseTestArgs(args: readonly string[], cwd: string): TestCommandOptions {
+  let sshKey: string | undefined;
+  let user: string | undefined;
+  let timeoutS: number | undefined;
+  let json = false;
+  const common = parseImageArgs(args, cwd, "test", (flag, value) => {
+    switch (flag) {
+      case "--ssh-key":
+        sshKey = resolve(cwd, value());
+        return true;
+      case "--user":
+        user = value();
+        if (!/^[a-z_][a-z0-9_.-]*\$?$/i.test(user)) throw new UsageError(`'${user}' is not a user name`);
+        return true;
+      case "--timeout":
+        timeoutS = positiveInt(flag, value());
+        return true;
+      case "--json":
+        json = true;
+        return true;
+      default:
+        return false;
+    }
+  });
+  if ((sshKey === undefined) !== (user === undefined)) {
+    throw new UsageError("--ssh-key and --user go together", {
+      hint: "give both (e.g. `--ssh-key ~/.ssh/id_ed25519 --user devuser` for an image with DIB's devuser element), or neither",
+    });
+  }
+  return {
+    ...common,
+    image: common.image as string,
+    json,
+    ...(sshKey !== undefined ? { sshKey } : {}),
+    ...(user !== undefined ? { user } : {}),
+    ...(timeoutS !== undefined ? { timeoutS } : {}),
+  };
+}
+
+const MARK: Readonly<Record<CheckStatus, string>> = { pass: "PASS", fail: "FAIL", skip: "SKIP" };
+
+/** The report as the terminal shows it. */
+export function formatReport(r: ImageTestReport): string {
+  const lines = [`vmdib test ${r.image} (${r.format}, ${r.firmware.toUpperCase()}, ${r.accel})`];
+  for (const c of r.checks) lines.push(`  ${MARK[c.status]}  ${c.title}`, `        ${c.detail}`);
+  if (r.kernelCmdline) lines.push(`kernel command line: ${r.kernelCmdline}`);
+  if (r.ssh) {
+    lines.push(`ssh ${r.ssh.user}@127.0.0.1:${r.ssh.port}${r.ssh.hostKey ? ` (host key ${r.ssh.hostKey})` : ""}`);
+    for (const c of r.ssh.commands) {
+      lines.push(`  $ ${c.command}   (exit ${c.exitCode ?? "?"})`);
+      for (const l of `${c.stdout}${c.stderr}`.trimEnd().split("\n")) if (l) lines.push(`    ${l}`);
+    }
+  }
+  if (r.qemuExit) lines.push(`qemu: ${r.qemuExit}`);
+  const ran = r.checks.filter((c) => c.status !== "skip");
+  const passed = ran.filter((c) => c.status === "pass").length;
+  lines.push(
+    `result: ${r.passed ? "PASS" : "FAIL"} (${passed} of ${ran.length} checks passed) in ${r.totalSeconds} s` +
+      (r.loginPromptSeconds !== null ? `, login prompt after ${r.loginPromptSeconds} s` : ""),
+  );
+  if (!r.passed) {
+    lines.push(
+      `serial console (last ${r.serialTail.length} lines${r.serialLogCopy ? `; all of it: ${r.serialLogCopy}` : ""}):`,
+    );
+    for (const l of r.serialTail) lines.push(`  | ${l}`);
+    if (r.serialTail.length === 0) lines.push("  | (empty)");
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+export const run: Command = async (ctx) => {
+  if (ctx.args.includes("-h") || ctx.args.includes("--help")) {
+    ctx.stdout.write(TEST_HELP);
+    return 0;
+  }
+  const o = parseTestArgs(ctx.args, ctx.cwd);
+  const report = await testImage({
+    image: o.image,
+    uefi: o.uefi,
+    env: ctx.env,
+    signal: ctx.signal,
+    ...(o.memoryMiB ? { memoryMiB: o.memoryMiB } : {}),
+    ...(o.cpus ? { cpus: o.cpus } : {}),
+    ...(o.accel ? { accel: o.accel } : {}),
+    ...(o.sshKey && o.user ? { sshKey: o.sshKey, user: o.user } : {}),
+    ...(o.timeoutS ? { timeoutMs: o.timeoutS * 1000 } : {}),
+    ...(o.verbose
+      ? {
+          log: (line: string) => ctx.stderr.write(`vmdib: ${line}\n`),
+          onConsole: (chunk: string) => ctx.stderr.write(chunk),
+        }
+      : {}),
+  });
+  ctx.stdout.write(o.json ? `${JSON.stringify(report, null, 2)}\n` : formatReport(report));
+  return report.passed ? 0 : 1;
+};
