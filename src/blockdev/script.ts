@@ -27,8 +27,18 @@ function header(plan: BlockDevicePlan, what: string): string[] {
     `# vmdib block-device ${what}, generated from ${oneLine(plan.source)}; runs as root in the appliance.`,
     "set -eu -o pipefail",
     "export LC_ALL=C",
+    ...NO_UDEV,
   ];
 }
+
+/**
+ * The appliance runs no udev. LVM then waits for /dev/VG/LV nodes that never come ("device not cleared",
+ * measured); DM_DISABLE_UDEV makes libdevmapper (kpartx, dmsetup, LVM) create and remove its nodes itself.
+ */
+const NO_UDEV = [
+  "# No udev (the appliance): device-mapper and LVM make their /dev nodes themselves.",
+  "[ -e /run/udev/control ] || export DM_DISABLE_UDEV=1",
+];
 
 /** For comments: control characters (a newline would end the comment) become "?". */
 function oneLine(s: string): string {
@@ -292,6 +302,7 @@ export function buildCleanupScript(plan: BlockDevicePlan, opts: TeardownOptions 
     "# Best effort: every step may fail because setup stopped before it.",
     "set -u -o pipefail",
     "export LC_ALL=C",
+    ...NO_UDEV,
     "",
     "# Everything under the mount base, including mounts that later phases added (proc, dev, ...), deepest first.",
     `if mountpoint -q ${shellQuote(plan.mountBase)}; then`,
