@@ -154,7 +154,9 @@ async function findSetpriv(env: NodeJS.ProcessEnv): Promise<string | undefined> 
 
 function exitCodeOf(status: { code: number | null; signal: string | null }): number {
   if (status.code !== null) return status.code;
-  const n = status.signal ? (osc.signals as Record<string, number>)[`SIG${status.signal}`] : undefined;
+  // ssh2 reports the name as sent ("KILL") or prefixed ("SIGKILL") depending on version: accept both.
+  const name = status.signal?.startsWith("SIG") ? status.signal : `SIG${status.signal}`;
+  const n = status.signal ? (osc.signals as Record<string, number>)[name] : undefined;
   return 128 + (n ?? 1);
 }
 

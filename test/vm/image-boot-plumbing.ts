@@ -1,7 +1,7 @@
 // Tests the runner plumbing of src/vm/image-boot.ts (spawn, console watch, checks, report, cleanup) with a stand-in
 // guest: the cached appliance kernel booted directly with a tiny initramfs (dash, sleep, libc taken from the
 // appliance) whose /init prints a login prompt. Not an image test: test/vm/image-boot.ts boots real images.
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -50,9 +50,12 @@ if (!appliance?.manifest) {
   const base = "console=ttyS0 panic=-1 tsc=reliable no_timer_check cryptomgr.notests 8250.nr_uarts=1 edd=off";
 
   t.test("a guest that prints a login prompt passes the console checks", async (t) => {
-    const before = new Set(await readdir(tmpdir()));
+    // A private TMPDIR: the run directory (serial log, -snapshot overlay) must be gone afterwards.
+    const runTmp = join(work, "tmp");
+    mkdirSync(runTmp);
     const report = await testImage({
       image,
+      env: { ...process.env, TMPDIR: runTmp },
       cpus: 1,
       memoryMiB: 256,
       timeoutMs: 120_000,
@@ -72,8 +75,7 @@ if (!appliance?.manifest) {
     t.match(report.kernelCmdline, /root=LABEL=cloudimg-rootfs/);
     t.ok(report.loginPromptSeconds !== null && report.loginPromptSeconds < 120);
     t.equal(report.serialLogCopy, null);
-    const leftovers = (await readdir(tmpdir())).filter((n) => n.startsWith("vmdib-image-") && !before.has(n));
-    t.same(leftovers, [], "the run directory is removed");
+    t.same(await readdir(runTmp), [], "the run directory is removed");
   });
 
   t.test("a loop-device root fails with the reason, and the console is kept", async (t) => {
