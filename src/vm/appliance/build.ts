@@ -4,7 +4,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { VmdibError } from "../../errors.js";
 import type { FetchedDeb, OnEvent } from "./archive.js";
-import { sha256File } from "./archive.js";
+import { sha256File, writeAtomic } from "./archive.js";
 import { CpioWriter, S_IFREG } from "./cpio.js";
 import { debTarMember, decompressMember, parseAr } from "./deb.js";
 import { extractVmlinux } from "./kernel.js";
@@ -26,6 +26,8 @@ export interface AssembleInput {
   mtime: number;
   /** Directory to write kernel and initrd into. */
   outDir: string;
+  /** Where per-kernel module metadata is cached (saves one pass over the kernel package next time). */
+  kernelCacheDir?: string;
   onEvent?: OnEvent;
   signal?: AbortSignal;
 }
@@ -57,6 +59,9 @@ async function collect(gen: AsyncGenerator<TarEntry>): Promise<TarEntry[]> {
   return out;
 }
 
+/** How many packages are decoded ahead of the one being written. */
+const UNPACK_AHEAD = 3;
+
 /** Build kernel + initramfs from verified .debs into `outDir`. */
 export async function assembleAppliance(input: AssembleInput): Promise<AssembleResult> {
   const { onEvent, signal } = input;
@@ -68,7 +73,8 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
     const root = new RootfsWriter(cpio, input.mtime, input.drop);
     root.addSkeleton();
     let t0 = Date.now();
-    for (const d of input.debs) {
+    // Decode up to UNPACK_AHEAD packages ahead (xz/zstd children run on other cores) while writing in order.
+    const load = async (d: FetchedDeb) => {
       signal?.throwIfAborted();
       const members = parseAr(await readFile(d.path));
       let postinst: string | undefined;
@@ -76,7 +82,21 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
         if (e.type === "file" && e.path.replace(/^\.?\//, "") === "postinst") postinst = e.data.toString("utf8");
       }
       const entries = await collect(readTar(decompressMember(debTarMember(members, "data"))));
-      root.addPackage(entries, postinst);
+      return { entries, postinst };
+    };
+    const pending: Promise<Awaited<ReturnType<typeof load>>>[] = [];
+    for (let i = 0; i < input.debs.length; i++) {
+      while (pending.length < Math.min(i + UNPACK_AHEAD, input.debs.length)) {
+        const p = load(input.debs[pending.length] as FetchedDeb);
+        p.catch(() => {}); // handled when awaited below; avoids an "unhandled rejection" while an earlier one is awaited
+        pending.push(p);
+      }
+      const { entries, postinst } = await (pending[i] as Promise<Awaited<ReturnType<typeof load>>>);
+      try {
+        root.addPackage(entries, postinst);
+      } catch (err) {
+        throw new VmdibError(`cannot add ${input.debs[i]?.pkg.name} to the initramfs`, { cause: err });
+      }
     }
     onEvent?.({
       type: "step",
@@ -121,44 +141,70 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
  * requested ones), then copy only the selected modules. Two decompressions cost a few seconds once per appliance;
  * holding all ~400 MB of modules in memory instead would not be worth it.
  */
+/** What one pass over a kernel package learns, cached per package hash. */
+interface KernelMeta {
+  release: string;
+  infos: ModuleInfo[];
+  /** modules.builtin etc., base64. */
+  extras: Record<string, string>;
+}
+
+const MOD_PREFIX = /^(?:\.\/)?(?:usr\/)?lib\/modules\/([^/]+)\/(.*)$/;
+
 async function addKernel(
   root: RootfsWriter,
   input: AssembleInput,
   kernelFile: string,
 ): Promise<{ release: string; modules: string[] }> {
-  const infos: ModuleInfo[] = [];
-  let release: string | undefined;
-  let vmlinuz: Buffer | undefined;
-  const extras = new Map<string, Buffer>();
-  const modPrefix = /^(?:\.\/)?(?:usr\/)?lib\/modules\/([^/]+)\/(.*)$/;
-  for await (const e of await debEntries(input.kernelDeb.path, "data", input.signal)) {
-    const boot = /^(?:\.\/)?boot\/vmlinuz-(.+)$/.exec(e.path);
-    if (boot && e.type === "file") {
-      vmlinuz = e.data;
-      release = boot[1];
-      continue;
-    }
-    const m = modPrefix.exec(e.path);
-    if (!m || e.type !== "file") continue;
-    const rel = m[2] as string;
-    if (/\.ko(\.(xz|zst|gz))?$/.test(rel)) {
-      if (!rel.endsWith(".ko")) throw new VmdibError(`compressed kernel modules (${rel}) are not supported yet`);
-      infos.push(moduleInfo(rel, e.data));
-    } else if (/^modules\.(builtin|builtin\.modinfo|order)$/.test(rel)) {
-      extras.set(rel, e.data);
-    }
+  // Module metadata of this exact kernel package, cached: later builds (a changed init or module list) then need
+  // one pass over the kernel package instead of two.
+  const cacheFile = input.kernelCacheDir ? join(input.kernelCacheDir, `${input.kernelDeb.pkg.sha256}.json`) : undefined;
+  let meta: KernelMeta | undefined;
+  if (cacheFile) {
+    try {
+      meta = JSON.parse(await readFile(cacheFile, "utf8")) as KernelMeta;
+    } catch {}
   }
-  if (!vmlinuz || !release) throw new VmdibError(`${input.kernelDeb.pkg.name} contains no /boot/vmlinuz-*`);
-  await writeFile(kernelFile, vmlinuz);
+  let vmlinuz: Buffer | undefined;
+  if (!meta) {
+    const infos: ModuleInfo[] = [];
+    let release: string | undefined;
+    const extras: Record<string, string> = {};
+    for await (const e of await debEntries(input.kernelDeb.path, "data", input.signal)) {
+      const boot = /^(?:\.\/)?boot\/vmlinuz-(.+)$/.exec(e.path);
+      if (boot && e.type === "file") {
+        vmlinuz = e.data;
+        release = boot[1];
+        continue;
+      }
+      const m = MOD_PREFIX.exec(e.path);
+      if (!m || e.type !== "file") continue;
+      const rel = m[2] as string;
+      if (/\.ko(\.(xz|zst|gz))?$/.test(rel)) {
+        if (!rel.endsWith(".ko")) throw new VmdibError(`compressed kernel modules (${rel}) are not supported yet`);
+        infos.push(moduleInfo(rel, e.data));
+      } else if (/^modules\.(builtin|builtin\.modinfo|order)$/.test(rel)) {
+        extras[rel] = e.data.toString("base64");
+      }
+    }
+    if (!vmlinuz || !release) throw new VmdibError(`${input.kernelDeb.pkg.name} contains no /boot/vmlinuz-*`);
+    meta = { release, infos, extras };
+    if (cacheFile) await writeAtomic(cacheFile, JSON.stringify(meta));
+  }
+  const { release, infos } = meta;
+  const extras = new Map(Object.entries(meta.extras).map(([k, v]) => [k, Buffer.from(v, "base64")]));
 
   const builtin = parseBuiltin(extras.get("modules.builtin")?.toString() ?? "");
   const sel = selectModules(infos, input.modules, builtin);
   const wanted = new Set(sel.order.map((m) => m.path));
   const base = `usr/lib/modules/${release}`;
   for await (const e of await debEntries(input.kernelDeb.path, "data", input.signal)) {
-    const m = modPrefix.exec(e.path);
+    if (!vmlinuz && e.type === "file" && e.path.replace(/^\.\//, "") === `boot/vmlinuz-${release}`) vmlinuz = e.data;
+    const m = MOD_PREFIX.exec(e.path);
     if (m && e.type === "file" && wanted.has(m[2] as string)) root.addFile(`${base}/${m[2]}`, e.data);
   }
+  if (!vmlinuz) throw new VmdibError(`${input.kernelDeb.pkg.name} contains no /boot/vmlinuz-${release}`);
+  await writeFile(kernelFile, vmlinuz);
   for (const [name, data] of extras) root.addFile(`${base}/${name}`, data);
   const files = buildModuleFiles(sel.order, extras.get("modules.builtin")?.toString() ?? "");
   root.addFile(`${base}/modules.dep`, files.dep);

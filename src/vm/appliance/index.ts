@@ -24,7 +24,7 @@ import { loadApplianceSpec } from "./spec.js";
 export type { ApplianceEvent, OnEvent } from "./archive.js";
 
 /** Bump when the assembly changes in a way that must invalidate cached appliances. */
-export const BUILDER_VERSION = 3;
+export const BUILDER_VERSION = 4;
 
 export interface ApplianceFile {
   /** File name inside the appliance directory. */
@@ -267,6 +267,7 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
       kernelDeb,
       modules: spec.modules,
       drop: spec.drop,
+      kernelCacheDir: join(cacheRoot, "kernels"),
       init,
       mtime: Number.isFinite(indexTime) ? Math.floor(indexTime / 1000) : 0,
       outDir: tmp,
