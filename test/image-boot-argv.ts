@@ -8,6 +8,7 @@ import {
   checkConsoleArgs,
   checkRootByLabel,
   consoleText,
+  diagnoseConsole,
   findLoginPrompt,
   formatFromExtension,
   type ImageBootSpec,
@@ -252,6 +253,7 @@ t.test("formatReport: PASS/FAIL lines, and the console tail only on failure", as
     kernelCmdline: "root=LABEL=r console=ttyS0",
     ssh: null,
     qemuExit: null,
+    diagnosis: [],
     serialTail: ["debian login:"],
     serialLogCopy: null,
   };
@@ -270,4 +272,27 @@ t.test("formatReport: PASS/FAIL lines, and the console tail only on failure", as
   t.match(bad, /FAIL {2}reached a login prompt/);
   t.match(bad, /result: FAIL \(0 of 1 checks passed\)/);
   t.match(bad, /serial console \(last 1 lines; all of it: \/c\/last.log\):\n {2}\| Kernel panic/);
+});
+
+t.test("diagnoseConsole names the usual ways an image fails to boot", async (t) => {
+  t.same(diagnoseConsole("[  OK  ] Reached target Multi-User System.\ndebian login: "), []);
+  t.match(
+    diagnoseConsole("error: no such device: 1234-abcd.\nEntering rescue mode...\ngrub rescue> ")[0],
+    /GRUB could not find/,
+  );
+  t.match(
+    diagnoseConsole(
+      "Begin: Waiting for root file system ... done\nGave up waiting for root file system device.\nALERT!  LABEL=cloudimg-rootfs does not exist.  Dropping to a shell!\n",
+    ),
+    /LABEL=cloudimg-rootfs/,
+  );
+  t.match(
+    diagnoseConsole("[ 3.2] Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)\n")[0],
+    /kernel panic: VFS/,
+  );
+  t.match(diagnoseConsole("You are in emergency mode. After logging in...")[0], /emergency mode/);
+  t.same(
+    diagnoseConsole("[FAILED] Failed to start \x1b[0;1;39mnetworking.service\x1b[0m - Raise network interfaces.\n"),
+    ["systemd units failed: networking.service - Raise network interfaces."],
+  );
 });

@@ -95,6 +95,7 @@ export function formatReport(r: ImageTestReport): string {
     }
   }
   if (r.qemuExit) lines.push(`qemu: ${r.qemuExit}`);
+  for (const d of r.diagnosis) lines.push(`diagnosis: ${d}`);
   const ran = r.checks.filter((c) => c.status !== "skip");
   const passed = ran.filter((c) => c.status === "pass").length;
   lines.push(

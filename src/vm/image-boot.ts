@@ -317,6 +317,45 @@ export function checkRootByLabel(
   return check("root-by-label", "pass", `${root} (${source})`);
 }
 
+/** Console symptoms of broken images, and what they usually mean (in the order a boot meets them). */
+const SYMPTOMS: readonly { readonly re: RegExp; readonly hint: (m: RegExpExecArray) => string }[] = [
+  {
+    re: /grub rescue>|error: (?:no such device|unknown filesystem|file .* not found)[^\n]*/,
+    hint: (m) =>
+      `GRUB could not find its files (${m[0].trim()}): the grub.cfg or core image names a disk or UUID the image does not have`,
+  },
+  {
+    re: /ALERT!\s+(\S+) does not exist/,
+    hint: (m) =>
+      `the initramfs found no root device ${m[1]}: the root file system's label differs, or the initramfs lacks virtio_blk`,
+  },
+  {
+    re: /Gave up waiting for root (?:file system )?device/,
+    hint: () => "the initramfs gave up waiting for the root device (a wrong root= or a missing disk driver)",
+  },
+  {
+    re: /Kernel panic - not syncing: ([^\n]*)/,
+    hint: (m) => `kernel panic: ${m[1]?.trim()}`,
+  },
+  {
+    re: /You are in emergency mode|Give root password for maintenance/,
+    hint: () => "systemd fell into emergency mode (often an /etc/fstab entry that cannot be mounted)",
+  },
+];
+
+/** Hints for a failed boot from its console: what broke, in words, with the line that shows it. */
+export function diagnoseConsole(console: string): string[] {
+  const text = consoleText(console);
+  const out: string[] = [];
+  for (const s of SYMPTOMS) {
+    const m = s.re.exec(text);
+    if (m) out.push(s.hint(m));
+  }
+  const failed = [...text.matchAll(/\[FAILED\] Failed to start ([^\n]*)/g)].map((m) => m[1]?.trim() ?? "");
+  if (failed.length) out.push(`systemd units failed: ${[...new Set(failed)].slice(0, 8).join("; ")}`);
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Effects: finding things on the host.
 // ---------------------------------------------------------------------------------------------------------------
@@ -611,6 +650,8 @@ export async function bootImage(
 export interface ImageTestOptions extends ImageBootOptions {
   /** Private key file (OpenSSH or PEM, unencrypted) for check 4; with `user`. */
   readonly sshKey?: string;
+  /** The private key's text instead of a file (API callers that made a key pair in memory). */
+  readonly sshPrivateKey?: string;
   /** Login name for check 4 (DIB's devuser element makes `devuser`). */
   readonly user?: string;
   /** The whole test, boot to last check; default 300 s (TCG boots of a full Debian take 30–90 s here). */
@@ -656,6 +697,8 @@ export interface ImageTestReport {
   } | null;
   /** How QEMU ended, when it ended before we stopped it (a panic, "No bootable device"). */
   readonly qemuExit: string | null;
+  /** What the console shows went wrong (GRUB, initramfs, panic, emergency mode, failed units); empty if nothing. */
+  readonly diagnosis: readonly string[];
   /** The last lines of the serial console (on failure: the evidence). */
   readonly serialTail: readonly string[];
   /** A copy of the whole console, kept when a check failed. */
@@ -816,12 +859,13 @@ function execCollect(client: SshClient, command: string, timeoutMs: number): Pro
 export async function testImage(opts: ImageTestOptions): Promise<ImageTestReport> {
   const env = opts.env ?? process.env;
   const log = opts.log ?? (() => {});
-  if ((opts.sshKey === undefined) !== (opts.user === undefined)) {
+  const keyGiven = opts.sshKey !== undefined || opts.sshPrivateKey !== undefined;
+  if (keyGiven !== (opts.user !== undefined)) {
     throw new UsageError("--ssh-key and --user go together", {
       hint: "give both (the key's user in the image, e.g. `--user devuser` for DIB's devuser element), or neither",
     });
   }
-  const privateKey = opts.sshKey ? await loadPrivateKey(opts.sshKey) : undefined;
+  const privateKey = opts.sshPrivateKey ?? (opts.sshKey !== undefined ? await loadPrivateKey(opts.sshKey) : undefined);
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TEST_TIMEOUT_MS;
   const stack = new CleanupStack();
   try {
@@ -944,6 +988,7 @@ export async function testImage(opts: ImageTestOptions): Promise<ImageTestReport
       qemuExit: exitNow
         ? `${describeExit(exitNow)}${exitNow.stderr.trim() ? `: ${exitNow.stderr.trim().split("\n").slice(-3).join(" | ")}` : ""}`
         : null,
+      diagnosis: diagnoseConsole(consoleSoFar),
       serialTail: await tailFile(r.spec.serialLog, passed ? 10 : 40),
       serialLogCopy: serialLogCopy ?? null,
     };
