@@ -37,15 +37,16 @@ export const run: Command = async (ctx) => {
       cols: ctx.stdout.columns ?? 80,
       rows: ctx.stdout.rows ?? 24,
       onResize: (resize) => {
+        // A terminal's stdout emits 'resize' on SIGWINCH, after Node has refreshed columns and rows.
         onWinch = () => resize(ctx.stdout.columns ?? 80, ctx.stdout.rows ?? 24);
-        process.on("SIGWINCH", onWinch);
+        ctx.stdout.on("resize", onWinch);
       },
     });
   } catch (err) {
     failed = true;
     throw err;
   } finally {
-    if (onWinch) process.off("SIGWINCH", onWinch);
+    if (onWinch) ctx.stdout.off("resize", onWinch);
     if (tty) ctx.stdin.setRawMode?.(false);
     // Stop reading the terminal, or it keeps this process alive after the shell has gone.
     ctx.stdin.pause();
