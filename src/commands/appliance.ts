@@ -98,7 +98,11 @@ async function info(ctx: CommandContext, args: string[]): Promise<number> {
       ].join("\n"),
     );
     if (values.verbose) {
-      for (const p of m.packages) ctx.stdout.write(`    ${p.name} ${p.version}\n`);
+      const width = Math.max(...m.packages.map((p) => p.name.length + p.version.length + 1));
+      for (const p of m.packages) {
+        const size = p.initrdBytes === undefined ? "" : `  ${mb(p.initrdBytes).padStart(9)} in initrd`;
+        ctx.stdout.write(`    ${`${p.name} ${p.version}`.padEnd(width)}${size}\n`);
+      }
       ctx.stdout.write(`    modules: ${m.modules.join(" ")}\n`);
     }
   }

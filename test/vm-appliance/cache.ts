@@ -10,6 +10,7 @@ import {
   applianceKey,
   checkAppliance,
   listAppliances,
+  pruneCache,
   resolveKernelPackage,
 } from "../../src/vm/appliance/index.js";
 import { parsePackages } from "../../src/vm/appliance/packages.js";
@@ -54,7 +55,11 @@ t.test("checkAppliance: intact, then truncated, rewritten in place, missing", as
   writeFileSync(join(dir, "initrd.img"), Buffer.alloc(4096, 2));
   // (Set the mtime explicitly: a rewrite within the filesystem's timestamp granularity could keep it.)
   utimesSync(join(dir, "initrd.img"), new Date(1000), new Date(1000));
-  t.match((await checkAppliance(dir)).problem ?? "", /initrd.img does not match its sha256/, "a changed mtime rehashes");
+  t.match(
+    (await checkAppliance(dir)).problem ?? "",
+    /initrd.img does not match its sha256/,
+    "a changed mtime rehashes",
+  );
   t.match((await checkAppliance(dir, true)).problem ?? "", /sha256/, "full check hashes");
 
   truncateSync(join(dir, "initrd.img"), 100);
@@ -101,4 +106,27 @@ t.test("applianceKey changes with any package version, the declaration, or the i
   t.not(applianceKey({ ...base, packages: [{ ...bash, version: "5.2-3" }] }), k);
   t.not(applianceKey({ ...base, yaml: "b" }), k);
   t.not(applianceKey({ ...base, init: Buffer.from("j") }), k);
+});
+
+t.test("pruneCache keeps the newest appliances and the current one, removes stale temp files", async (t) => {
+  const cache = mkdtempSync(join(tmpdir(), "vmdib-cache-"));
+  t.teardown(() => rmSync(cache, { recursive: true, force: true }));
+  const now = Date.now();
+  const age = (path: string, ms: number) => utimesSync(path, new Date(now - ms), new Date(now - ms));
+  for (const [i, key] of ["a", "b", "c", "d", "e"].entries()) age(fakeAppliance(cache, key), (i + 1) * 60_000);
+  const tmpOld = join(cache, "appliance", ".tmp-old");
+  const tmpNew = join(cache, "appliance", ".tmp-new");
+  mkdirSync(tmpOld);
+  mkdirSync(tmpNew);
+  age(tmpOld, 2 * 3600_000);
+  mkdirSync(join(cache, "debs"));
+  const partial = join(cache, "debs", ".x.deb.1.ab.tmp");
+  writeFileSync(partial, "");
+  age(partial, 2 * 3600_000);
+  writeFileSync(join(cache, "debs", "x.deb"), "");
+  age(join(cache, "debs", "x.deb"), 100 * 3600_000);
+  await pruneCache(cache, "e", now);
+  const { readdirSync } = await import("node:fs");
+  t.same(readdirSync(join(cache, "appliance")).sort(), [".tmp-new", "a", "b", "e"]);
+  t.same(readdirSync(join(cache, "debs")), ["x.deb"]);
 });

@@ -41,6 +41,8 @@ export interface AssembleResult {
   modules: string[];
   conflicts: string[];
   initrdBytes: number;
+  /** Bytes each package added to the (uncompressed) initramfs. */
+  packageBytes: Map<string, number>;
 }
 
 async function debEntries(
@@ -84,6 +86,7 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
       const entries = await collect(readTar(decompressMember(debTarMember(members, "data"))));
       return { entries, postinst };
     };
+    const packageBytes = new Map<string, number>();
     const pending: Promise<Awaited<ReturnType<typeof load>>>[] = [];
     for (let i = 0; i < input.debs.length; i++) {
       while (pending.length < Math.min(i + UNPACK_AHEAD, input.debs.length)) {
@@ -92,8 +95,10 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
         pending.push(p);
       }
       const { entries, postinst } = await (pending[i] as Promise<Awaited<ReturnType<typeof load>>>);
+      const before = cpio.size;
       try {
         root.addPackage(entries, postinst);
+        packageBytes.set(input.debs[i]?.pkg.name ?? "", cpio.size - before);
       } catch (err) {
         throw new VmdibError(`cannot add ${input.debs[i]?.pkg.name} to the initramfs`, { cause: err });
       }
@@ -126,6 +131,7 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
       kernelRelease: kernel.release,
       kernelFile,
       vmlinuxFile,
+      packageBytes,
       initrdFile,
       modules: kernel.modules,
       conflicts: root.conflicts,

@@ -47,7 +47,8 @@ export interface ApplianceManifest {
   initrd: ApplianceFile & { compression: "none" };
   /** The uncompressed ELF kernel (PVH-bootable), when it could be extracted from the bzImage. */
   vmlinux?: ApplianceFile;
-  packages: { name: string; version: string; sha256: string; size: number }[];
+  /** size: of the .deb; initrdBytes: what it added to the initramfs after dropping docs etc. */
+  packages: { name: string; version: string; sha256: string; size: number; initrdBytes?: number }[];
   /** Kernel modules in the initramfs, in load order (also /etc/vmdib/modules in the guest). */
   modules: string[];
   /** Paths shipped by more than one package (the first one won). */
@@ -297,7 +298,13 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
       },
       initrd: { ...(await fileInfo(result.initrdFile, "initrd.img")), compression: "none" },
       ...(result.vmlinuxFile ? { vmlinux: await fileInfo(result.vmlinuxFile, "vmlinux") } : {}),
-      packages: closure.packages.map((p) => ({ name: p.name, version: p.version, sha256: p.sha256, size: p.size })),
+      packages: closure.packages.map((p) => ({
+        name: p.name,
+        version: p.version,
+        sha256: p.sha256,
+        size: p.size,
+        initrdBytes: result.packageBytes.get(p.name) ?? 0,
+      })),
       modules: result.modules,
       conflicts: result.conflicts,
     };
@@ -311,10 +318,56 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
       if (!check.manifest) throw err;
       return toAppliance(dir, check.manifest, true);
     }
+    await pruneCache(cacheRoot, key).catch((err) =>
+      onEvent?.({ type: "warning", message: `could not prune old appliances: ${(err as Error).message}` }),
+    );
     return toAppliance(dir, manifest, false);
   } finally {
     await rm(tmp, { recursive: true, force: true });
   }
+}
+
+/** Appliances kept besides the newest; each is ~200 MB. */
+export const KEEP_APPLIANCES = 3;
+const STALE_TEMP_MS = 3600 * 1000;
+
+/**
+ * Bound the cache: the KEEP_APPLIANCES newest appliances stay (never `current`), temp directories and partial
+ * downloads left by killed builds go once they are an hour old (a live build touches its files far more often).
+ */
+export async function pruneCache(cacheRoot: string, current: string, now = Date.now()): Promise<string[]> {
+  const removed: string[] = [];
+  const root = applianceRoot(cacheRoot);
+  const entries = await readdir(root).catch(() => [] as string[]);
+  const appliances: { key: string; mtimeMs: number }[] = [];
+  for (const name of entries) {
+    const path = join(root, name);
+    const st = await stat(path).catch(() => undefined);
+    if (!st?.isDirectory()) continue;
+    if (name.startsWith(".tmp-")) {
+      if (now - st.mtimeMs > STALE_TEMP_MS) {
+        await rm(path, { recursive: true, force: true });
+        removed.push(path);
+      }
+    } else if (!name.startsWith(".") && name !== current) {
+      appliances.push({ key: name, mtimeMs: st.mtimeMs });
+    }
+  }
+  appliances.sort((a, b) => b.mtimeMs - a.mtimeMs);
+  for (const a of appliances.slice(KEEP_APPLIANCES - 1)) {
+    await rm(join(root, a.key), { recursive: true, force: true });
+    removed.push(join(root, a.key));
+  }
+  const debs = join(cacheRoot, "debs");
+  for (const name of await readdir(debs).catch(() => [] as string[])) {
+    if (!name.startsWith(".") || !name.endsWith(".tmp")) continue;
+    const st = await stat(join(debs, name)).catch(() => undefined);
+    if (st && now - st.mtimeMs > STALE_TEMP_MS) {
+      await rm(join(debs, name), { force: true });
+      removed.push(join(debs, name));
+    }
+  }
+  return removed;
 }
 
 function toAppliance(dir: string, manifest: ApplianceManifest, reused: boolean): Appliance {
