@@ -18,7 +18,8 @@ Prints PASS/FAIL per check (and the tail of the serial console on failure); exit
 
 options:
   --ssh-key FILE        private key for check 4 (unencrypted; its public half is in the image, e.g. by devuser)
-  --user NAME           user for check 4 (DIB's devuser element: devuser)
+  --user NAME           user for check 4 (DIB's devuser element: devuser); without --ssh-key, the password
+                        in the environment variable VMDIB_SSH_PASSWORD is used
   --timeout SECONDS     for the whole test (default 300: software emulation is slow)
   --json                print the report as JSON on stdout
   --uefi                boot with UEFI firmware (OVMF) instead of BIOS
@@ -65,9 +66,9 @@ export function parseTestArgs(args: readonly string[], cwd: string): TestCommand
         return false;
     }
   });
-  if ((sshKey === undefined) !== (user === undefined)) {
-    throw new UsageError("--ssh-key and --user go together", {
-      hint: "give both (e.g. `--ssh-key ~/.ssh/id_ed25519 --user devuser` for an image with DIB's devuser element), or neither",
+  if (sshKey !== undefined && user === undefined) {
+    throw new UsageError("--ssh-key needs --user", {
+      hint: "name the user the key belongs to in the image, e.g. `--user devuser` for DIB's devuser element",
     });
   }
   return {
@@ -112,6 +113,17 @@ export function formatReport(r: ImageTestReport): string {
   return `${lines.join("\n")}\n`;
 }
 
+/** A password never travels on the command line (other users see it in ps): it comes from the environment. */
+function passwordFrom(env: NodeJS.ProcessEnv): string {
+  const password = env.VMDIB_SSH_PASSWORD;
+  if (password === undefined) {
+    throw new UsageError("--user needs --ssh-key, or a password in VMDIB_SSH_PASSWORD", {
+      hint: "e.g. `--ssh-key ~/.ssh/id_ed25519 --user devuser`",
+    });
+  }
+  return password;
+}
+
 export const run: Command = async (ctx) => {
   if (ctx.args.includes("-h") || ctx.args.includes("--help")) {
     ctx.stdout.write(TEST_HELP);
@@ -127,6 +139,7 @@ export const run: Command = async (ctx) => {
     ...(o.cpus ? { cpus: o.cpus } : {}),
     ...(o.accel ? { accel: o.accel } : {}),
     ...(o.sshKey && o.user ? { sshKey: o.sshKey, user: o.user } : {}),
+    ...(!o.sshKey && o.user ? { user: o.user, sshPassword: passwordFrom(ctx.env) } : {}),
     ...(o.timeoutS ? { timeoutMs: o.timeoutS * 1000 } : {}),
     ...(o.verbose
       ? {

@@ -652,6 +652,8 @@ export interface ImageTestOptions extends ImageBootOptions {
   readonly sshKey?: string;
   /** The private key's text instead of a file (API callers that made a key pair in memory). */
   readonly sshPrivateKey?: string;
+  /** Password login instead of a key (an image built with DIB_DEV_USER_PASSWORD). */
+  readonly sshPassword?: string;
   /** Login name for check 4 (DIB's devuser element makes `devuser`). */
   readonly user?: string;
   /** The whole test, boot to last check; default 300 s (TCG boots of a full Debian take 30–90 s here). */
@@ -785,7 +787,7 @@ async function loadPrivateKey(path: string): Promise<string> {
 async function connectSsh(
   port: number,
   user: string,
-  privateKey: string,
+  auth: { readonly privateKey: string } | { readonly password: string },
   deadline: number,
   signal: AbortSignal | undefined,
 ): Promise<{ client: SshClient; hostKey: string | null }> {
@@ -803,7 +805,7 @@ async function connectSsh(
           host: "127.0.0.1",
           port,
           username: user,
-          privateKey,
+          ...auth,
           // The image was just built and made its host key on first boot: there is nothing to pin it to. The
           // fingerprint goes into the report instead.
           hostVerifier: (key: Buffer) => {
@@ -859,7 +861,7 @@ function execCollect(client: SshClient, command: string, timeoutMs: number): Pro
 export async function testImage(opts: ImageTestOptions): Promise<ImageTestReport> {
   const env = opts.env ?? process.env;
   const log = opts.log ?? (() => {});
-  const keyGiven = opts.sshKey !== undefined || opts.sshPrivateKey !== undefined;
+  const keyGiven = opts.sshKey !== undefined || opts.sshPrivateKey !== undefined || opts.sshPassword !== undefined;
   if (keyGiven !== (opts.user !== undefined)) {
     throw new UsageError("--ssh-key and --user go together", {
       hint: "give both (the key's user in the image, e.g. `--user devuser` for DIB's devuser element), or neither",
@@ -907,7 +909,12 @@ export async function testImage(opts: ImageTestOptions): Promise<ImageTestReport
 
     let ssh: ImageTestReport["ssh"] = null;
     let mounted: { source: string; label: string } | undefined;
-    if (privateKey && opts.user) {
+    const auth = privateKey
+      ? { privateKey }
+      : opts.sshPassword !== undefined
+        ? { password: opts.sshPassword }
+        : undefined;
+    if (auth && opts.user) {
       const commands: SshCommandResult[] = [];
       let hostKey: string | null = null;
       let sshSeconds: number | null = null;
@@ -916,7 +923,7 @@ export async function testImage(opts: ImageTestOptions): Promise<ImageTestReport
       } else {
         const t0 = performance.now();
         try {
-          const conn = await connectSsh(r.spec.sshPort, opts.user, privateKey, deadline, opts.signal);
+          const conn = await connectSsh(r.spec.sshPort, opts.user, auth, deadline, opts.signal);
           hostKey = conn.hostKey;
           stack.push("close SSH", () => conn.client.end());
           sshSeconds = seconds(performance.now() - t0);
