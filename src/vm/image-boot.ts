@@ -787,7 +787,7 @@ async function loadPrivateKey(path: string): Promise<string> {
 async function connectSsh(
   port: number,
   user: string,
-  auth: { readonly privateKey: string } | { readonly password: string },
+  auth: SshAuth,
   deadline: number,
   signal: AbortSignal | undefined,
 ): Promise<{ client: SshClient; hostKey: string | null }> {
@@ -857,6 +857,37 @@ function execCollect(client: SshClient, command: string, timeoutMs: number): Pro
   });
 }
 
+/** SSH credentials: a private key's text, or a password. */
+export type SshAuth = { readonly privateKey: string } | { readonly password: string };
+
+export interface SshLoginOptions {
+  readonly port: number;
+  readonly user: string;
+  readonly auth: SshAuth;
+  readonly commands: readonly string[];
+  /** performance.now() by which the login must have happened (retries until then while sshd starts). */
+  readonly deadline: number;
+  readonly signal?: AbortSignal;
+  /** Per command; default 60 s. */
+  readonly commandTimeoutMs?: number;
+}
+
+/** Log in on 127.0.0.1:port, run each command (collecting its output and exit code), log out. */
+export async function sshLoginAndRun(
+  o: SshLoginOptions,
+): Promise<{ hostKey: string | null; connectMs: number; commands: SshCommandResult[] }> {
+  const t0 = performance.now();
+  const conn = await connectSsh(o.port, o.user, o.auth, o.deadline, o.signal);
+  const connectMs = performance.now() - t0;
+  try {
+    const commands: SshCommandResult[] = [];
+    for (const c of o.commands) commands.push(await execCollect(conn.client, c, o.commandTimeoutMs ?? 60_000));
+    return { hostKey: conn.hostKey, connectMs, commands };
+  } finally {
+    conn.client.end();
+  }
+}
+
 /** Boot `opts.image` headless (always -snapshot), run the checks, stop QEMU, remove the run directory. */
 export async function testImage(opts: ImageTestOptions): Promise<ImageTestReport> {
   const env = opts.env ?? process.env;
@@ -921,15 +952,18 @@ export async function testImage(opts: ImageTestOptions): Promise<ImageTestReport
       if (watched.kind !== "login") {
         checks.set("ssh", check("ssh", "fail", "not tried: the image did not reach a login prompt"));
       } else {
-        const t0 = performance.now();
         try {
-          const conn = await connectSsh(r.spec.sshPort, opts.user, auth, deadline, opts.signal);
-          hostKey = conn.hostKey;
-          stack.push("close SSH", () => conn.client.end());
-          sshSeconds = seconds(performance.now() - t0);
-          for (const c of opts.sshCommands ?? DEFAULT_SSH_COMMANDS) {
-            commands.push(await execCollect(conn.client, c, 60_000));
-          }
+          const session = await sshLoginAndRun({
+            port: r.spec.sshPort,
+            user: opts.user,
+            auth,
+            commands: opts.sshCommands ?? DEFAULT_SSH_COMMANDS,
+            deadline,
+            ...(opts.signal ? { signal: opts.signal } : {}),
+          });
+          hostKey = session.hostKey;
+          sshSeconds = seconds(session.connectMs);
+          commands.push(...session.commands);
           const failedCmd = commands.find((c) => c.exitCode !== 0);
           checks.set(
             "ssh",
