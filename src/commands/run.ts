@@ -3,7 +3,7 @@
 import { resolve } from "node:path";
 import { UsageError } from "../errors.js";
 import { ensureAppliance } from "../vm/appliance/index.js";
-import { type DiskRequest, type Machine, type ShareRequest, startAppliance } from "../vm/machine.js";
+import { bootKernel, type DiskRequest, type Machine, type ShareRequest, startAppliance } from "../vm/machine.js";
 import { chooseAccel, findQemu, parseAccel } from "../vm/probe.js";
 import type { Accel } from "../vm/qemu.js";
 import { formatEvent } from "./appliance.js";
@@ -117,7 +117,7 @@ export async function bootFromCli(ctx: CommandContext, options: VmOptions): Prom
     },
   });
   say(`appliance ${appliance.key} (${appliance.reused ? "cached" : "built"})`);
-  const accel = await chooseAccel({ qemu, kernel: appliance.kernel, override: options.accel, env: ctx.env });
+  const accel = await chooseAccel({ qemu, kernel: bootKernel(appliance), override: options.accel, env: ctx.env });
   say(`accelerator ${accel.accel}: ${accel.reason}${accel.cached ? " (remembered)" : ""}`);
   return await startAppliance({
     appliance,

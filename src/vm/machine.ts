@@ -18,8 +18,16 @@ import { ConnectionLost, type ExecOptions, generateKeys, type ShellOptions, SshS
 
 /** The appliance's boot files, from ensureAppliance(). */
 export interface ApplianceFiles {
+  /** The bzImage. */
   readonly kernel: string;
+  /** The same kernel uncompressed (ELF with a PVH entry): booted when present, seconds faster under TCG. */
+  readonly vmlinux?: string | undefined;
   readonly initrd: string;
+}
+
+/** The kernel file to boot: the uncompressed vmlinux skips the BIOS real-mode loader and decompression. */
+export function bootKernel(a: ApplianceFiles): string {
+  return a.vmlinux ?? a.kernel;
 }
 
 export interface ShareRequest {
@@ -238,7 +246,7 @@ async function startOn(
   for (let attempt = 1; ; attempt++) {
     const sshPort = await getPort({ host: "127.0.0.1" });
     const spec: MachineSpec = {
-      kernel: opts.appliance.kernel,
+      kernel: bootKernel(opts.appliance),
       initrd: opts.appliance.initrd,
       memoryMiB: opts.memoryMiB ?? 2048,
       cpus: opts.cpus ?? hostCpus(),

@@ -128,7 +128,8 @@ export async function decideAccel(deps: ProbeDeps, timeoutS: number): Promise<{ 
     if (!kvm) {
       return {
         accel: "tcg",
-        reason: "/dev/kvm is not accessible to this user (join group kvm for speed); using TCG",
+        reason:
+          "/dev/kvm is not accessible to this user (read-write access, usually via group kvm, makes VMs fast); using TCG",
       };
     }
     const r = await deps.probe("kvm");

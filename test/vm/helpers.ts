@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import { type Appliance, ensureAppliance } from "../../src/vm/appliance/index.js";
-import { type Machine, type StartOptions, startAppliance } from "../../src/vm/machine.js";
+import { bootKernel, type Machine, type StartOptions, startAppliance } from "../../src/vm/machine.js";
 import { type AccelVerdict, chooseAccel, findQemu, type QemuInfo } from "../../src/vm/probe.js";
 
 export interface TestVm {
@@ -21,7 +21,7 @@ export function prepareVm(): Promise<TestVm> {
   prepared ??= (async () => {
     const qemu = await findQemu();
     const appliance = await ensureAppliance({ env: process.env, offline: false });
-    const accel = await chooseAccel({ qemu, kernel: appliance.kernel });
+    const accel = await chooseAccel({ qemu, kernel: bootKernel(appliance) });
     return { appliance, qemu, accel };
   })();
   return prepared;
