@@ -43,6 +43,8 @@ export interface LoadedIndex {
   date: string;
   /** SHA256 of the Packages file used (part of provenance in the manifest). */
   packagesSha256: string;
+  /** The cached, verified, compressed Packages file (`xz` or `gz`, see its name). */
+  path: string;
 }
 
 function indexDir(o: ArchiveOptions): string {
@@ -208,12 +210,14 @@ export async function loadRelease(o: ArchiveOptions & { refresh?: boolean }): Pr
 }
 
 /** The Packages index for `arch` listed in a verified InRelease: cached by hash, downloaded and checked if missing. */
-export async function loadPackages(o: ArchiveOptions, release: Release): Promise<LoadedIndex> {
+export async function loadPackages(o: ArchiveOptions, release: Release, component = "main"): Promise<LoadedIndex> {
   const dir = indexDir(o);
   const sums = parseReleaseSha256(release.signedText);
-  const candidates = ["xz", "gz"].map((ext) => ({ ext, rel: `main/binary-${o.arch}/Packages.${ext}` }));
+  const candidates = ["xz", "gz"].map((ext) => ({ ext, rel: `${component}/binary-${o.arch}/Packages.${ext}` }));
   const found = candidates.find((c) => sums.has(c.rel));
-  if (!found) throw new VmdibError(`InRelease of ${o.suite} lists no main/binary-${o.arch}/Packages.xz or .gz`);
+  if (!found) {
+    throw new VmdibError(`InRelease of ${o.suite} lists no ${component}/binary-${o.arch}/Packages.xz or .gz`);
+  }
   const want = sums.get(found.rel) as { sha256: string; size: number };
   const cached = join(dir, `Packages-${want.sha256.slice(0, 16)}.${found.ext}`);
   if (!existsSync(cached) || (await sha256File(cached)) !== want.sha256) {
@@ -232,7 +236,7 @@ export async function loadPackages(o: ArchiveOptions, release: Release): Promise
     found.ext === "xz"
       ? await streamToString(spawnFilter("xz", ["-dc"], compressed))
       : (await import("node:zlib")).gunzipSync(compressed).toString("utf8");
-  return { index: parsePackages(text, o.arch), date: release.date, packagesSha256: want.sha256 };
+  return { index: parsePackages(text, o.arch), date: release.date, packagesSha256: want.sha256, path: cached };
 }
 
 async function streamToString(s: Readable): Promise<string> {

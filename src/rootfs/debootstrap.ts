@@ -1,0 +1,591 @@
+// debootstrap's first stage on the host, without root: the package set `debootstrap --variant=minbase` picks, the
+// .debs fetched and verified, and a root-owned tar of what `debootstrap --foreign` leaves in its target, so the helper
+// VM only runs the second stage (elements/debootstrap/root.d/08-debootstrap). Pure selection, effectful writer.
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { type FileHandle, open, readdir, readFile, rename, rm, stat, utimes } from "node:fs/promises";
+import { join } from "node:path";
+import { VmdibError } from "../errors.js";
+import { BUILTIN_ELEMENTS_DIR, cacheDir } from "../paths.js";
+import {
+  type ArchiveOptions,
+  DEFAULT_KEYRING,
+  type FetchedDeb,
+  fetchDebs,
+  loadPackages,
+  loadRelease,
+  type OnEvent,
+  tempName,
+  writeAtomic,
+} from "../vm/appliance/archive.js";
+import { debTarMember, decompressMember, parseAr, spawnFilter } from "../vm/appliance/deb.js";
+import type { DebPackage, PackageIndex } from "../vm/appliance/packages.js";
+import { normalizePath } from "../vm/appliance/rootfs.js";
+import { buildTar, readTar, type TarEntry } from "../vm/appliance/tar.js";
+
+/** Bumped whenever the tarball's layout changes, so older cached tarballs are not reused. */
+export const STAGE1_FORMAT = 2;
+
+/** The top-level directories debootstrap's merge_usr moves into /usr (its list: every multilib name). */
+export const MERGE_USR_DIRS = ["bin", "lib", "lib32", "lib64", "libo32", "libx32", "sbin"] as const;
+
+/** Debian codenames whose debootstrap script (debian-common) this module reproduces: merged /usr, no usrmerge. */
+const SUPPORTED_CODENAMES = ["bookworm", "trixie", "forky", "duke", "sid"];
+
+// ---------------------------------------------------------------------------------------------------------------
+// Package selection (pure), as debootstrap's work_out_debs + resolve_deps do it.
+
+export interface SelectOptions {
+  /** The Codename of the suite's Release file (debootstrap's CODENAME). */
+  codename: string;
+  /** `--include`: added to the base packages. */
+  include?: readonly string[];
+  /** `--exclude`: removed from the required and base lists (not from their dependencies). */
+  exclude?: readonly string[];
+  /** The mirror is https: debootstrap adds ca-certificates. */
+  https?: boolean;
+}
+
+export interface DebootstrapSelection {
+  /** Extracted by the first stage and installed first by the second (sorted, as debootstrap writes them). */
+  required: string[];
+  /** Installed after the required set (sorted; none left for bookworm minbase, where apt is required). */
+  base: string[];
+}
+
+/**
+ * The names debootstrap's GETDEPS reads from a package: Pre-Depends and Depends, only the first alternative of each
+ * OR-group, version and architecture qualifier dropped. Virtual names are kept here and dropped later (not real).
+ */
+export function debootstrapDeps(pkg: Pick<DebPackage, "depends" | "preDepends">): string[] {
+  const out: string[] = [];
+  for (const field of [pkg.preDepends, pkg.depends]) {
+    if (!field) continue;
+    for (const group of field.split(/\s*,\s*/)) {
+      const first = group
+        .replace(/\s*[|].*$/, "")
+        .replace(/\s*[(].*[)]\s*/, "")
+        .replace(/:.*/, "");
+      out.push(...first.split(/\s+/).filter(Boolean));
+    }
+  }
+  return out;
+}
+
+function byteSort(names: Iterable<string>): string[] {
+  return [...new Set(names)].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** debootstrap's resolve_deps: the closure over first alternatives, keeping only names that are real packages. */
+export function resolveDebootstrapDeps(
+  indexes: readonly PackageIndex[],
+  roots: readonly string[],
+  excludeDependency: readonly string[] = [],
+): string[] {
+  const isReal = (n: string) => indexes.some((i) => i.packages.has(n));
+  const all = new Set(roots);
+  let cur = byteSort(roots);
+  while (cur.length) {
+    const found: string[] = [];
+    for (const name of cur) {
+      for (const index of indexes) {
+        const pkg = index.packages.get(name);
+        if (pkg) found.push(...debootstrapDeps(pkg));
+      }
+    }
+    const next = byteSort([...cur, ...found.filter((n) => !excludeDependency.includes(n))]).filter(
+      (n) => isReal(n) && !all.has(n),
+    );
+    for (const n of next) all.add(n);
+    cur = next;
+  }
+  return byteSort(all);
+}
+
+/** What `debootstrap --variant=minbase [--include] [--exclude] SUITE` installs, split as it splits it. */
+export function selectDebootstrapPackages(indexes: readonly PackageIndex[], o: SelectOptions): DebootstrapSelection {
+  const exclude = new Set(o.exclude ?? []);
+  let required: string[] = [];
+  for (const index of indexes) {
+    for (const pkg of index.packages.values()) if (pkg.priority === "required") required.push(pkg.name);
+  }
+  let base = ["apt"];
+  if (o.https) base.push("ca-certificates");
+  const excludeDependency: string[] = [];
+  // debian-common: bookworm installs the empty usr-is-merged (debootstrap merges /usr itself); every suite from
+  // bookworm on prunes the live-migration package usrmerge from dependencies.
+  if (o.codename === "bookworm") required.push("usr-is-merged");
+  excludeDependency.push("usrmerge");
+  base = [...base, ...(o.include ?? [])].filter((n) => !exclude.has(n));
+  required = required.filter((n) => !exclude.has(n));
+  const missing = byteSort([...required, ...base]).filter((n) => !indexes.some((i) => i.packages.has(n)));
+  if (missing.length) {
+    throw new VmdibError(`debootstrap: package(s) not in the archive index: ${missing.join(", ")}`, {
+      hint: "check --include in DIB_DEBOOTSTRAP_EXTRA_ARGS, DIB_RELEASE and DIB_DEBIAN_COMPONENTS",
+    });
+  }
+  const req = resolveDebootstrapDeps(indexes, required, excludeDependency);
+  const reqSet = new Set(req);
+  const b = resolveDebootstrapDeps(indexes, base, excludeDependency).filter((n) => !reqSet.has(n));
+  return { required: req, base: b };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The guest-visible contract (pure).
+
+/** DIB_DEBOOTSTRAP_EXTRA_ARGS this module can honour; anything else means the guest runs debootstrap itself. */
+export function parseExtraArgs(extra: string): { include: string[]; exclude: string[] } | undefined {
+  const include: string[] = [];
+  const exclude: string[] = [];
+  const words = extra.split(/\s+/).filter(Boolean);
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i] as string;
+    const list = (v: string | undefined) => (v ?? "").split(",").filter(Boolean);
+    if (w.startsWith("--include=")) include.push(...list(w.slice(10)));
+    else if (w.startsWith("--exclude=")) exclude.push(...list(w.slice(10)));
+    else if (w === "--include" || w === "--exclude") (w === "--include" ? include : exclude).push(...list(words[++i]));
+    else if (w === "--variant=minbase" || w === "--verbose" || w === "--merged-usr") continue;
+    else return undefined;
+  }
+  return { include, exclude };
+}
+
+/**
+ * The string 08-debootstrap rebuilds from its own environment and compares with VMDIB_DEBOOTSTRAP_STAGE1_INPUTS
+ * before using the tarball: the same fields, in the same order, joined by "|".
+ */
+export function stage1InputsString(i: {
+  mirror: string;
+  release: string;
+  arch: string;
+  components: string;
+  extraArgs: string;
+}): string {
+  return [i.mirror.replace(/\/$/, ""), i.release, i.arch, i.components, i.extraArgs].join("|");
+}
+
+/** debootstrap's apt_dest for an index file: the mirror without scheme, "/" → "_", under var/lib/apt/lists. */
+export function aptListPath(mirror: string, path: string): string {
+  return `var/lib/apt/lists/${`${mirror}_${path}`.replace(/^[^:]+:\/\//, "").replace(/\//g, "_")}`;
+}
+
+/** debootstrap's apt_dest for a .deb (the first ":", an epoch, is escaped as %3a). */
+export function debCachePath(pkg: Pick<DebPackage, "name" | "version" | "architecture">): string {
+  return `var/cache/apt/archives/${pkg.name}_${pkg.version}_${pkg.architecture}.deb`.replace(":", "%3a");
+}
+
+/** Top-level merged-/usr move: "bin/ls" → "usr/bin/ls", "lib64" → "usr/lib64"; other paths unchanged. */
+export function mergeUsrPath(p: string): string {
+  const first = p.split("/", 1)[0] ?? "";
+  return (MERGE_USR_DIRS as readonly string[]).includes(first) ? `usr/${p}` : p;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Writing the tarball (effects).
+
+type Kind = TarEntry["type"];
+
+/** A tar file written entry by entry; remembers what it holds so debootstrap's tar -k conflicts are detected. */
+class Stage1Tar {
+  readonly kinds = new Map<string, Kind>();
+  private constructor(
+    private readonly fh: FileHandle,
+    private readonly mtime: number,
+  ) {}
+
+  static async create(path: string, mtime: number): Promise<Stage1Tar> {
+    return new Stage1Tar(await open(path, "w"), mtime);
+  }
+
+  async add(e: Partial<TarEntry> & { path: string; type: Kind }): Promise<void> {
+    const path = normalizePath(e.path);
+    await this.ensureParents(path);
+    this.kinds.set(path, e.type);
+    const full: Partial<TarEntry> = { uid: 0, gid: 0, mtime: this.mtime, ...e, path: path === "" ? "./" : `./${path}` };
+    if (e.type === "dir" && path !== "") full.path = `./${path}/`;
+    const buf = buildTar([full]);
+    await this.fh.write(buf, 0, buf.length - 1024); // without the end-of-archive marker
+  }
+
+  async dir(path: string, mode = 0o755): Promise<void> {
+    if (!this.kinds.has(normalizePath(path))) await this.add({ path, type: "dir", mode });
+  }
+
+  async file(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
+    await this.add({ path, type: "file", mode, data: Buffer.from(data) });
+  }
+
+  private async ensureParents(path: string): Promise<void> {
+    const parts = path.split("/");
+    for (let i = 1; i < parts.length; i++) {
+      const dir = parts.slice(0, i).join("/");
+      if (!this.kinds.has(dir)) await this.add({ path: dir, type: "dir", mode: 0o755 });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.fh.write(Buffer.alloc(1024));
+    await this.fh.close();
+  }
+
+  async abort(): Promise<void> {
+    await this.fh.close().catch(() => {});
+  }
+}
+
+/**
+ * One package's data, as debootstrap's `dpkg-deb --fsys-tarfile | tar -k -xf -` followed by merge_usr leaves it:
+ * the first package to ship a path keeps it (a second non-directory is an error, as tar -k makes it), the top-level
+ * bin/lib*\/sbin trees live under usr/.
+ */
+async function extractInto(tar: Stage1Tar, deb: FetchedDeb, merged: Set<string>): Promise<void> {
+  const members = parseAr(await readFile(deb.path));
+  for await (const e of readTar(decompressMember(debTarMember(members, "data")))) {
+    const orig = normalizePath(e.path);
+    if (orig === "") continue;
+    const top = orig.split("/", 1)[0] as string;
+    if ((MERGE_USR_DIRS as readonly string[]).includes(top)) merged.add(top);
+    const path = mergeUsrPath(orig);
+    const prev = tar.kinds.get(path);
+    if (prev !== undefined) {
+      if (prev === "dir" && e.type === "dir") continue;
+      throw new VmdibError(`debootstrap stage one: ${deb.pkg.name} ships /${orig}, which an earlier package has`, {
+        hint: "debootstrap itself fails the same way; report the package set (DIB_DEBOOTSTRAP_EXTRA_ARGS)",
+      });
+    }
+    const linkname = e.type === "hardlink" ? `./${mergeUsrPath(normalizePath(e.linkname))}` : e.linkname;
+    await tar.add({ ...e, path, linkname, data: e.type === "file" ? e.data : Buffer.alloc(0) });
+  }
+}
+
+/** The Packages stanzas of `names`, verbatim (what debootstrap's setup_available reads in the second stage). */
+async function packagesStanzas(compressedPath: string, names: ReadonlySet<string>): Promise<string> {
+  const data = await readFile(compressedPath);
+  const chunks: Buffer[] = [];
+  const stream = compressedPath.endsWith(".xz")
+    ? spawnFilter("xz", ["-dc"], data)
+    : (await import("node:stream")).Readable.from([(await import("node:zlib")).gunzipSync(data)]);
+  for await (const c of stream) chunks.push(c as Buffer);
+  const out: string[] = [];
+  for (const stanza of Buffer.concat(chunks).toString("utf8").split(/\n\n+/)) {
+    const name = /^Package:\s*(\S+)/m.exec(stanza)?.[1];
+    if (name && names.has(name)) out.push(`${stanza.trim()}\n\n`);
+  }
+  return out.join("");
+}
+
+export interface Stage1Spec {
+  mirror: string;
+  suite: string;
+  codename: string;
+  arch: string;
+  components: string[];
+  selection: DebootstrapSelection;
+  /** Every selected package, by name. */
+  debs: Map<string, FetchedDeb>;
+  /** Per component, in order: the names whose .deb came from it and its cached Packages file. */
+  componentFiles: { component: string; packagesPath: string; names: string[] }[];
+  /** Reproducible mtime for synthesized entries (the InRelease Date). */
+  mtime: number;
+  key: string;
+}
+
+/** Write the stage-one tarball for `spec` to `dest` (temp name, then rename). */
+export async function writeStage1Tar(spec: Stage1Spec, dest: string): Promise<void> {
+  const tmp = tempName(dest);
+  const tar = await Stage1Tar.create(tmp, spec.mtime);
+  try {
+    // debootstrap's order: target dir, download dirs, its own state dir, then extraction.
+    await tar.dir("", 0o755);
+    await tar.dir("var/lib/apt/lists/partial");
+    await tar.dir("var/cache/apt/archives/partial");
+    await tar.dir("debootstrap");
+    const debpaths = spec.componentFiles.flatMap((c) => c.names);
+    const merged = new Set<string>();
+    const required = new Set(spec.selection.required);
+    for (const name of debpaths) {
+      if (!required.has(name)) continue;
+      await extractInto(tar, spec.debs.get(name) as FetchedDeb, merged);
+    }
+    for (const d of MERGE_USR_DIRS) {
+      if (merged.has(d)) await tar.add({ path: d, type: "symlink", linkname: `usr/${d}`, mode: 0o777 });
+    }
+    await tar.file("var/lib/dpkg/status", "");
+    await tar.file("var/lib/dpkg/available", "");
+    if (!tar.kinds.has("etc/fstab")) await tar.file("etc/fstab", "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n");
+    // setup_devices_simple (the appliance is no container: real nodes, no /proc symlink).
+    const nodes: [string, number, number][] = [
+      ["null", 1, 3],
+      ["zero", 1, 5],
+      ["full", 1, 7],
+      ["random", 1, 8],
+      ["urandom", 1, 9],
+      ["tty", 5, 0],
+      ["console", 5, 1],
+      ["ptmx", 5, 2],
+    ];
+    for (const [name, devmajor, devminor] of nodes) {
+      if (!tar.kinds.has(`dev/${name}`)) {
+        await tar.add({ path: `dev/${name}`, type: "chardev", mode: 0o666, devmajor, devminor });
+      }
+    }
+    await tar.dir("dev/pts");
+    await tar.dir("dev/shm");
+    for (const [name, target] of [
+      ["fd", "/proc/self/fd"],
+      ["stdin", "/proc/self/fd/0"],
+      ["stdout", "/proc/self/fd/1"],
+      ["stderr", "/proc/self/fd/2"],
+    ] as const) {
+      await tar.add({ path: `dev/${name}`, type: "symlink", linkname: target, mode: 0o777 });
+    }
+    // The .debs (debootstrap downloads all before extracting) and its state files.
+    for (const name of debpaths) {
+      const d = spec.debs.get(name) as FetchedDeb;
+      await tar.file(debCachePath(d.pkg), await readFile(d.path));
+    }
+    const lines = (f: (d: FetchedDeb) => string) => debpaths.map((n) => `${f(spec.debs.get(n) as FetchedDeb)}\n`);
+    await tar.file("debootstrap/debpaths", lines((d) => `${d.pkg.name} /${debCachePath(d.pkg)}`).join(""));
+    await tar.file(
+      "debootstrap/deburis",
+      lines((d) => `${d.pkg.name} ${d.pkg.version} ${spec.mirror}/${d.pkg.filename}`).join(""),
+    );
+    await tar.file("debootstrap/arch", `${spec.arch}\n`);
+    await tar.file("debootstrap/suite", `${spec.suite}\n`);
+    await tar.file("debootstrap/mirror", `${spec.mirror}\n`);
+    await tar.file("debootstrap/variant", "minbase\n");
+    // Byte for byte as debootstrap writes them (resolve_deps output after a blank line; `without` output).
+    await tar.file("debootstrap/required", `\n${spec.selection.required.join("\n")}\n`);
+    const base = spec.selection.base;
+    await tar.file("debootstrap/base", base.length ? `${base.join(" ")} \n` : "\n");
+    await tar.file(
+      "debootstrap/debootstrap.log",
+      `vmdib: first stage made on the build host (key ${spec.key}): ${debpaths.length} packages verified against ` +
+        `the signed index of ${spec.suite}, ${required.size} extracted\n`,
+    );
+    // Only the stanzas the second stage reads (setup_available): the full index is 50 MB and apt fetches its own.
+    for (const c of spec.componentFiles) {
+      const path = aptListPath(spec.mirror, `dists/${spec.suite}/${c.component}/binary-${spec.arch}/Packages`);
+      await tar.file(path, await packagesStanzas(c.packagesPath, new Set(c.names)));
+    }
+    const used = spec.componentFiles.filter((c) => c.names.length).map((c) => c.component);
+    await tar.file("etc/apt/sources.list", `deb ${spec.mirror} ${spec.suite} ${used.join(" ")}\n`);
+    await tar.close();
+    await rename(tmp, dest);
+  } catch (err) {
+    await tar.abort();
+    throw err;
+  } finally {
+    await rm(tmp, { force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The host step the build command calls before booting the VM.
+
+export interface Stage1Request {
+  /** The resolved element set. */
+  elements: readonly { name: string; path: string }[];
+  /** The variables the build passes into the guest (DIB_*), as the element scripts will see them before environment.d. */
+  env: Readonly<Record<string, string | undefined>>;
+  arch: string;
+  /** Host directory shared to the guest as DIB_IMAGE_CACHE. */
+  imageCache: string;
+  /** DIB_IMAGE_CACHE inside the guest. */
+  guestImageCache: string;
+  /** The user's cache directory (shared .deb and index cache); default cacheDir(). */
+  cacheRoot?: string;
+  offline?: boolean;
+  /** Build the tarball again even if one with the same key exists. */
+  noCache?: boolean;
+  signal?: AbortSignal;
+  onEvent?: OnEvent;
+}
+
+export interface Stage1Result {
+  /** The tarball inside the guest (under guestImageCache). */
+  guestPath: string;
+  hostPath: string;
+  key: string;
+  hit: boolean;
+  /** Variables to add to the build environment: VMDIB_DEBOOTSTRAP_STAGE1 and VMDIB_DEBOOTSTRAP_STAGE1_INPUTS. */
+  env: Record<string, string>;
+}
+
+/** The Debian release/mirror/options this module can handle for the request, or why not. */
+export function stage1Plan(
+  r: Pick<Stage1Request, "elements" | "env" | "arch">,
+):
+  | {
+      ok: true;
+      mirror: string;
+      release: string;
+      components: string[];
+      include: string[];
+      exclude: string[];
+      inputs: string;
+    }
+  | { ok: false; reason: string } {
+  const names = new Set(r.elements.map((e) => e.name));
+  if (!names.has("debian-minimal")) return { ok: false, reason: "no debian-minimal element" };
+  const deb = r.elements.find((e) => e.name === "debootstrap");
+  if (!deb || deb.path !== join(BUILTIN_ELEMENTS_DIR, "debootstrap")) {
+    return { ok: false, reason: "the debootstrap element is not vmdib's own" };
+  }
+  const env = r.env;
+  const mirror = (env.DIB_DEBIAN_DISTRIBUTION_MIRROR || env.DIB_DISTRIBUTION_MIRROR || "").replace(/\/$/, "");
+  if (!/^https?:\/\/[^/]/.test(mirror)) return { ok: false, reason: "no http(s) mirror" };
+  if (env.DIB_DEBIAN_DEBOOTSTRAP_SCRIPT) return { ok: false, reason: "DIB_DEBIAN_DEBOOTSTRAP_SCRIPT is set" };
+  if (env.DIB_APT_KEYRING || env.DIB_DEBIAN_KEYRING) return { ok: false, reason: "a custom keyring is set" };
+  if (env.DIB_DEBOOTSTRAP_TOOL && env.DIB_DEBOOTSTRAP_TOOL !== "debootstrap") {
+    return { ok: false, reason: `DIB_DEBOOTSTRAP_TOOL=${env.DIB_DEBOOTSTRAP_TOOL}` };
+  }
+  const extraArgs = env.DIB_DEBOOTSTRAP_EXTRA_ARGS ?? "";
+  const extra = parseExtraArgs(extraArgs);
+  if (!extra) return { ok: false, reason: `unsupported DIB_DEBOOTSTRAP_EXTRA_ARGS '${extraArgs}'` };
+  const release = env.DIB_RELEASE || "bookworm";
+  const componentsRaw = env.DIB_DEBIAN_COMPONENTS || "main";
+  const components = componentsRaw.split(",").filter(Boolean);
+  const inputs = stage1InputsString({ mirror, release, arch: r.arch, components: componentsRaw, extraArgs });
+  return { ok: true, mirror, release, components, ...extra, inputs };
+}
+
+function stage1Key(parts: unknown): string {
+  return createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 16);
+}
+
+/**
+ * Make (or find) the stage-one tarball for this build in the image cache. Undefined when the build does not use
+ * vmdib's debootstrap element on a Debian release this module reproduces; the guest then runs debootstrap whole.
+ */
+export async function prepareDebootstrapStage1(req: Stage1Request): Promise<Stage1Result | undefined> {
+  const plan = stage1Plan(req);
+  if (!plan.ok) {
+    req.onEvent?.({ type: "step", message: `debootstrap stage one runs in the guest: ${plan.reason}` });
+    return undefined;
+  }
+  const t0 = Date.now();
+  const archive: ArchiveOptions = {
+    mirror: plan.mirror,
+    suite: plan.release,
+    arch: req.arch,
+    cacheRoot: req.cacheRoot ?? cacheDir(),
+    offline: req.offline ?? false,
+    keyring: DEFAULT_KEYRING,
+    ...(req.signal ? { signal: req.signal } : {}),
+    ...(req.onEvent ? { onEvent: req.onEvent } : {}),
+  };
+  const release = await loadRelease(archive);
+  const codename = /^Codename:\s*(\S+)/m.exec(release.signedText)?.[1] ?? "";
+  if (!SUPPORTED_CODENAMES.includes(codename)) {
+    req.onEvent?.({ type: "step", message: `debootstrap stage one runs in the guest: release '${codename}'` });
+    return undefined;
+  }
+  const result = (key: string, hit: boolean): Stage1Result => {
+    const name = `debootstrap-stage1-${plan.release}-${req.arch}-${key}.tar`;
+    const guestPath = `${req.guestImageCache}/${name}`;
+    return {
+      guestPath,
+      hostPath: join(req.imageCache, name),
+      key,
+      hit,
+      env: { VMDIB_DEBOOTSTRAP_STAGE1: guestPath, VMDIB_DEBOOTSTRAP_STAGE1_INPUTS: plan.inputs },
+    };
+  };
+  // Warm path: the same signed index and inputs resolved before, to a tarball that is still there.
+  const resolvedFile = join(
+    req.imageCache,
+    ".debootstrap-stage1",
+    `${stage1Key([STAGE1_FORMAT, plan.inputs, release.signedText])}.json`,
+  );
+  if (!req.noCache && existsSync(resolvedFile)) {
+    const { key } = JSON.parse(await readFile(resolvedFile, "utf8")) as { key: string };
+    const hit = result(key, true);
+    if (existsSync(hit.hostPath)) {
+      await touch(hit.hostPath);
+      req.onEvent?.({ type: "cache-hit", key, dir: hit.hostPath });
+      return hit;
+    }
+  }
+
+  const loaded = [];
+  for (const component of plan.components) {
+    loaded.push({ component, ...(await loadPackages(archive, release, component)) });
+  }
+  const selection = selectDebootstrapPackages(
+    loaded.map((l) => l.index),
+    { codename, include: plan.include, exclude: plan.exclude, https: plan.mirror.startsWith("https://") },
+  );
+  const all = new Set([...selection.required, ...selection.base]);
+  // download_release: per component in order, the names first found there, sorted.
+  const taken = new Set<string>();
+  const componentFiles = loaded.map((l) => {
+    const names = byteSort([...all].filter((n) => !taken.has(n) && l.index.packages.has(n)));
+    for (const n of names) taken.add(n);
+    return { component: l.component, packagesPath: l.path, names, index: l.index };
+  });
+  const pkgs = componentFiles.flatMap((c) => c.names.map((n) => c.index.packages.get(n) as DebPackage));
+  const key = stage1Key({
+    format: STAGE1_FORMAT,
+    mirror: plan.mirror,
+    suite: plan.release,
+    codename,
+    arch: req.arch,
+    components: plan.components,
+    variant: "minbase",
+    include: plan.include,
+    exclude: plan.exclude,
+    required: selection.required,
+    debs: pkgs.map((p) => `${p.name} ${p.version} ${p.sha256}`),
+  });
+  req.onEvent?.({
+    type: "step",
+    message: `debootstrap stage one: ${selection.required.length} required + ${selection.base.length} base packages, key ${key}`,
+    ms: Date.now() - t0,
+  });
+  const out = result(key, false);
+  if (!req.noCache && existsSync(out.hostPath)) {
+    await writeAtomic(resolvedFile, `${JSON.stringify({ key })}\n`);
+    await touch(out.hostPath);
+    req.onEvent?.({ type: "cache-hit", key, dir: out.hostPath });
+    return { ...out, hit: true };
+  }
+  const t1 = Date.now();
+  const fetched = await fetchDebs(pkgs, archive);
+  const date = Date.parse(release.date);
+  await writeStage1Tar(
+    {
+      mirror: plan.mirror,
+      suite: plan.release,
+      codename,
+      arch: req.arch,
+      components: plan.components,
+      selection,
+      debs: new Map(fetched.map((d) => [d.pkg.name, d])),
+      componentFiles: componentFiles.map(({ component, packagesPath, names }) => ({ component, packagesPath, names })),
+      mtime: Number.isFinite(date) ? Math.floor(date / 1000) : 0,
+      key,
+    },
+    out.hostPath,
+  );
+  await writeAtomic(resolvedFile, `${JSON.stringify({ key })}\n`);
+  await pruneStage1(req.imageCache, out.hostPath);
+  req.onEvent?.({ type: "step", message: `debootstrap stage one written: ${out.hostPath}`, ms: Date.now() - t1 });
+  return out;
+}
+
+async function touch(path: string): Promise<void> {
+  const now = new Date();
+  await utimes(path, now, now).catch(() => {});
+}
+
+/** Stage-one tarballs unused for two days go (a concurrent build touched the one it uses when it started). */
+async function pruneStage1(dir: string, keep: string): Promise<void> {
+  const cutoff = Date.now() - 2 * 24 * 3600 * 1000;
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const path = join(dir, name);
+    if (!/^debootstrap-stage1-.*\.tar$/.test(name) || path === keep) continue;
+    const st = await stat(path).catch(() => undefined);
+    if (st && st.mtimeMs < cutoff) await rm(path, { force: true });
+  }
+}
