@@ -18,6 +18,7 @@ import {
 } from "./archive.js";
 import { assembleAppliance } from "./build.js";
 import { resolveClosure } from "./closure.js";
+import { withLock } from "./lock.js";
 import type { DebPackage, PackageIndex } from "./packages.js";
 import { loadApplianceSpec } from "./spec.js";
 
@@ -251,80 +252,98 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
     onEvent?.({ type: "warning", message: `cached appliance ${key} is damaged (${check.problem}); rebuilding it` });
   }
 
-  t0 = Date.now();
-  const debs = await fetchDebs([...closure.packages, kernelPkg], archive);
-  onEvent?.({ type: "step", message: "packages fetched and verified", ms: Date.now() - t0 });
-  const kernelDeb = debs.find((d) => d.pkg.name === kernelPkg.name);
-  if (!kernelDeb) throw new Error("kernel package missing after fetch");
-
+  // One process builds a given key; concurrent callers wait and then use its result.
   await mkdir(root, { recursive: true });
-  const tmp = join(root, `.tmp-${key}-${process.pid}-${randomBytes(4).toString("hex")}`);
-  await mkdir(tmp);
-  try {
-    t0 = Date.now();
-    const indexTime = Date.parse(loaded.date);
-    const result = await assembleAppliance({
-      debs: debs.filter((d) => d !== kernelDeb),
-      kernelDeb,
-      modules: spec.modules,
-      drop: spec.drop,
-      kernelCacheDir: join(cacheRoot, "kernels"),
-      init,
-      mtime: Number.isFinite(indexTime) ? Math.floor(indexTime / 1000) : 0,
-      outDir: tmp,
-      ...(onEvent ? { onEvent } : {}),
+  return await withLock(
+    join(root, `.lock-${key}`),
+    async () => {
+      if (!opts.noCache && existsSync(dir)) {
+        const check = await checkAppliance(dir);
+        if (check.manifest) {
+          onEvent?.({ type: "cache-hit", key, dir });
+          return toAppliance(dir, check.manifest, true);
+        }
+      }
+      t0 = Date.now();
+      const debs = await fetchDebs([...closure.packages, kernelPkg], archive);
+      onEvent?.({ type: "step", message: "packages fetched and verified", ms: Date.now() - t0 });
+      const kernelDeb = debs.find((d) => d.pkg.name === kernelPkg.name);
+      if (!kernelDeb) throw new Error("kernel package missing after fetch");
+
+      await mkdir(root, { recursive: true });
+      const tmp = join(root, `.tmp-${key}-${process.pid}-${randomBytes(4).toString("hex")}`);
+      await mkdir(tmp);
+      try {
+        t0 = Date.now();
+        const indexTime = Date.parse(loaded.date);
+        const result = await assembleAppliance({
+          debs: debs.filter((d) => d !== kernelDeb),
+          kernelDeb,
+          modules: spec.modules,
+          drop: spec.drop,
+          kernelCacheDir: join(cacheRoot, "kernels"),
+          init,
+          mtime: Number.isFinite(indexTime) ? Math.floor(indexTime / 1000) : 0,
+          outDir: tmp,
+          ...(onEvent ? { onEvent } : {}),
+          ...(signal ? { signal } : {}),
+        });
+        onEvent?.({ type: "step", message: `initramfs assembled (${result.initrdBytes} bytes)`, ms: Date.now() - t0 });
+        const fileInfo = async (path: string, file: string): Promise<ApplianceFile> => ({
+          file,
+          size: (await stat(path)).size,
+          sha256: await sha256File(path),
+        });
+        const manifest: ApplianceManifest = {
+          builderVersion: BUILDER_VERSION,
+          key,
+          createdAt: new Date().toISOString(),
+          mirror,
+          suite: spec.suite,
+          arch: spec.arch,
+          indexDate: loaded.date,
+          packagesIndexSha256: loaded.packagesSha256,
+          kernel: {
+            ...(await fileInfo(result.kernelFile, "vmlinuz")),
+            package: kernelPkg.name,
+            version: kernelPkg.version,
+            release: result.kernelRelease,
+          },
+          initrd: { ...(await fileInfo(result.initrdFile, "initrd.img")), compression: "none" },
+          ...(result.vmlinuxFile ? { vmlinux: await fileInfo(result.vmlinuxFile, "vmlinux") } : {}),
+          packages: closure.packages.map((p) => ({
+            name: p.name,
+            version: p.version,
+            sha256: p.sha256,
+            size: p.size,
+            initrdBytes: result.packageBytes.get(p.name) ?? 0,
+          })),
+          modules: result.modules,
+          conflicts: result.conflicts,
+        };
+        await writeFile(join(tmp, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
+        if (existsSync(dir)) await rm(dir, { recursive: true, force: true }); // damaged, or --no-cache
+        try {
+          await rename(tmp, dir);
+        } catch (err) {
+          // Another build of the same key won the race: use its (verified) result.
+          const check = await checkAppliance(dir);
+          if (!check.manifest) throw err;
+          return toAppliance(dir, check.manifest, true);
+        }
+        await pruneCache(cacheRoot, key).catch((err) =>
+          onEvent?.({ type: "warning", message: `could not prune old appliances: ${(err as Error).message}` }),
+        );
+        return toAppliance(dir, manifest, false);
+      } finally {
+        await rm(tmp, { recursive: true, force: true });
+      }
+    },
+    {
       ...(signal ? { signal } : {}),
-    });
-    onEvent?.({ type: "step", message: `initramfs assembled (${result.initrdBytes} bytes)`, ms: Date.now() - t0 });
-    const fileInfo = async (path: string, file: string): Promise<ApplianceFile> => ({
-      file,
-      size: (await stat(path)).size,
-      sha256: await sha256File(path),
-    });
-    const manifest: ApplianceManifest = {
-      builderVersion: BUILDER_VERSION,
-      key,
-      createdAt: new Date().toISOString(),
-      mirror,
-      suite: spec.suite,
-      arch: spec.arch,
-      indexDate: loaded.date,
-      packagesIndexSha256: loaded.packagesSha256,
-      kernel: {
-        ...(await fileInfo(result.kernelFile, "vmlinuz")),
-        package: kernelPkg.name,
-        version: kernelPkg.version,
-        release: result.kernelRelease,
-      },
-      initrd: { ...(await fileInfo(result.initrdFile, "initrd.img")), compression: "none" },
-      ...(result.vmlinuxFile ? { vmlinux: await fileInfo(result.vmlinuxFile, "vmlinux") } : {}),
-      packages: closure.packages.map((p) => ({
-        name: p.name,
-        version: p.version,
-        sha256: p.sha256,
-        size: p.size,
-        initrdBytes: result.packageBytes.get(p.name) ?? 0,
-      })),
-      modules: result.modules,
-      conflicts: result.conflicts,
-    };
-    await writeFile(join(tmp, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
-    if (existsSync(dir)) await rm(dir, { recursive: true, force: true }); // damaged, or --no-cache
-    try {
-      await rename(tmp, dir);
-    } catch (err) {
-      // Another build of the same key won the race: use its (verified) result.
-      const check = await checkAppliance(dir);
-      if (!check.manifest) throw err;
-      return toAppliance(dir, check.manifest, true);
-    }
-    await pruneCache(cacheRoot, key).catch((err) =>
-      onEvent?.({ type: "warning", message: `could not prune old appliances: ${(err as Error).message}` }),
-    );
-    return toAppliance(dir, manifest, false);
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
-  }
+      onWait: (owner) => onEvent?.({ type: "step", message: `waiting for another build of ${key} (${owner})` }),
+    },
+  );
 }
 
 /** Appliances kept besides the newest; each is ~200 MB. */
