@@ -96,7 +96,7 @@ for (const [name, yaml] of Object.entries(CONFIGS)) {
     });
 
     const setup = run(join(dir, "setup.sh"));
-    t.equal(setup.status, 0, `setup: ${setup.stderr}`);
+    t.equal(setup.status, 0, "setup succeeds", { stderr: setup.stderr });
     const source = spawnSync("findmnt", ["-n", "-o", "SOURCE", join(dir, "mnt")], { encoding: "utf8" }).stdout.trim();
     t.match(source, partitions === "kpartx" ? /^\/dev\/mapper\/loop\d+p\d$/ : /^\/dev\/loop\d+p\d$/);
     t.equal(
@@ -113,7 +113,7 @@ for (const [name, yaml] of Object.entries(CONFIGS)) {
     t.match(exports, /^export DIB_ROOT_LABEL=cloudimg-rootfs$/m);
 
     const umount = run(join(dir, "umount.sh"));
-    t.equal(umount.status, 0, `umount: ${umount.stderr}`);
+    t.equal(umount.status, 0, "umount succeeds", { stderr: umount.stderr });
     t.equal(attached(image), "", "no loop device left on the image");
     t.notOk(ok("mountpoint", ["-q", join(dir, "mnt")]), "nothing mounted");
 
