@@ -1,11 +1,13 @@
 // Tests src/vm/machine.ts against the real appliance (one boot for the file): output and exit codes, 100 MB
 // through stdout, files crossing the 9p shares intact, read-only element shares, exec latency.
 import { createHash } from "node:crypto";
-import { readFile, stat, writeFile } from "node:fs/promises";
+import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Writable } from "node:stream";
 import t from "tap";
+import { VmdibError } from "../../src/errors.js";
 import type { Machine } from "../../src/vm/machine.js";
+import { generateKeys, SshSession } from "../../src/vm/ssh.js";
 import { bootMachine, collector, tempDir } from "./helpers.js";
 
 const work = await tempDir("vmdib-test-work-");
@@ -18,6 +20,7 @@ try {
       { hostPath: work.path, guestPath: "/vmdib/work", readonly: false },
       { hostPath: elements.path, guestPath: "/vmdib/elements/0", readonly: true },
     ],
+    disks: [{ serial: "scratch", sizeBytes: 256 * 1024 * 1024 }],
   });
 } catch (err) {
   await work.done();
@@ -109,4 +112,34 @@ t.test("the work share has nothing of the host outside it", async (t) => {
   t.match(r.stdout, /work/);
   t.equal(r.stdout.includes("hello.txt"), false);
   t.match(r.stdout, /vmdib/, "/etc/hostname is the guest's own");
+});
+
+t.test("a scratch disk is found by its serial and usable", async (t) => {
+  const r = await run(
+    "mkfs.ext4 -q /dev/disk/by-id/virtio-scratch && mount /dev/disk/by-id/virtio-scratch /mnt && df -k /mnt | tail -1",
+  );
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /\/mnt/);
+  await run("umount /mnt");
+});
+
+t.test("secrets: 0700 run directory, 0600 keys, the client's private key never on disk", async (t) => {
+  t.equal((await stat(machine.runDir)).mode & 0o777, 0o700);
+  for (const f of ["ssh_host_ed25519_key", "authorized_keys"]) {
+    t.equal((await stat(join(machine.runDir, f))).mode & 0o777, 0o600, f);
+  }
+  for (const f of await readdir(machine.runDir)) {
+    if ((await stat(join(machine.runDir, f))).size > 1_000_000) continue; // disk images
+    const text = await readFile(join(machine.runDir, f), "latin1").catch(() => "");
+    if (f !== "ssh_host_ed25519_key") t.notMatch(text, /PRIVATE KEY/, `${f} holds no private key`);
+  }
+});
+
+t.test("the host key is pinned: a guest with another key is refused", async (t) => {
+  // Expecting a different host key than the one this guest was given must fail before authentication.
+  const err = await SshSession.connect({ port: machine.sshPort, keys: generateKeys(), timeoutMs: 20_000 }).catch(
+    (e: unknown) => e,
+  );
+  t.ok(err instanceof VmdibError);
+  t.match((err as VmdibError).message, /host key is not the one injected/);
 });
