@@ -11,6 +11,7 @@ import { type BuildEvent, executePlan } from "../execute.js";
 import { resolveMirror } from "../mirror.js";
 import { cacheDir } from "../paths.js";
 import { type BuildPlan, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
+import { prepareDebootstrapStage1 } from "../rootfs/debootstrap.js";
 import { VERSION } from "../version.js";
 import { makeWorkDir } from "../workdir.js";
 import type { Command, CommandContext } from "./context.js";
@@ -100,10 +101,11 @@ export const run: Command = async (ctx) => {
 };
 
 /** Boots the helper VM with the build's shares and image disk, walks the plan, reports progress. */
-async function execute(plan: BuildPlan, options: BuildOptions, config: BlockDeviceConfig, ctx: CommandContext) {
+async function execute(planned: BuildPlan, options: BuildOptions, config: BlockDeviceConfig, ctx: CommandContext) {
   const render = eventRenderer(ctx, options);
   const imageCache = options.imageCache ?? join(cacheDir(ctx.env), "image-create");
   await mkdir(imageCache, { recursive: true });
+  const plan = await withDebootstrapStage1(planned, options, imageCache, ctx, render);
   const workDir = await makeWorkDir(plan);
   const started = Date.now();
   try {
@@ -138,6 +140,52 @@ async function execute(plan: BuildPlan, options: BuildOptions, config: BlockDevi
   }
   render({ type: "info", message: `build finished in ${((Date.now() - started) / 1000).toFixed(1)} s` });
   return 0;
+}
+
+/**
+ * debootstrap's first stage natively on the host (src/rootfs/debootstrap.ts) when the build uses vmdib's debootstrap
+ * element on Debian: the guest then runs only the second stage. Any failure here only costs that speed-up.
+ */
+async function withDebootstrapStage1(
+  plan: BuildPlan,
+  options: BuildOptions,
+  imageCache: string,
+  ctx: CommandContext,
+  render: (e: BuildEvent) => void,
+): Promise<BuildPlan> {
+  const started = Date.now();
+  try {
+    const stage1 = await prepareDebootstrapStage1({
+      elements: plan.elements,
+      env: plan.environment.common,
+      arch: plan.arch,
+      imageCache,
+      guestImageCache: GUEST_PATHS.imageCache,
+      cacheRoot: cacheDir(ctx.env),
+      offline: options.offline,
+      noCache: options.noCache,
+      ...(ctx.signal ? { signal: ctx.signal } : {}),
+      onEvent: (e) => {
+        if (e.type === "step" || e.type === "warning") render({ type: "info", message: e.message });
+        else if (e.type === "downloads" && e.count)
+          render({ type: "info", message: `downloading ${e.count} packages` });
+      },
+    });
+    if (!stage1) return plan;
+    render({
+      type: "info",
+      message: `debootstrap stage one ${stage1.hit ? "cached" : "built"} on the host (key ${stage1.key}) in ${((Date.now() - started) / 1000).toFixed(1)} s`,
+    });
+    return { ...plan, environment: { ...plan.environment, common: { ...plan.environment.common, ...stage1.env } } };
+  } catch (err) {
+    if (ctx.signal?.aborted) throw err;
+    const message = err instanceof Error ? err.message : String(err);
+    render({
+      type: "info",
+      message: `warning: debootstrap stage one on the host failed (${message}); the guest runs it`,
+    });
+    return plan;
+  }
 }
 
 /** DIB's log style on a pipe (`YYYY-MM-DD HH:MM:SS.mmm | line`), one JSON object per event with --json. */

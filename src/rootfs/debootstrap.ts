@@ -413,9 +413,7 @@ export interface Stage1Result {
 }
 
 /** The Debian release/mirror/options this module can handle for the request, or why not. */
-export function stage1Plan(
-  r: Pick<Stage1Request, "elements" | "env" | "arch">,
-):
+export function stage1Plan(r: Pick<Stage1Request, "elements" | "env" | "arch">):
   | {
       ok: true;
       mirror: string;
