@@ -151,7 +151,10 @@ function diskLines(d: DiskPlan, partscan: boolean): string[] {
     out.push("  exit 1");
     out.push("fi");
   }
-  out.push(`DEV[${shellQuote(d.name)}]=$(losetup --find --show${partscan ? " --partscan" : ""} -- ${path})`);
+  // A disk may be larger than planned (the host truncates it afterwards): --sizelimit makes the loop device exactly
+  // the planned size, so GPT's backup header and "100%" partitions end where the image will end.
+  const limit = d.backing.kind === "device" ? ` --sizelimit ${d.sizeBytes}` : "";
+  out.push(`DEV[${shellQuote(d.name)}]=$(losetup --find --show${limit}${partscan ? " --partscan" : ""} -- ${path})`);
   return out;
 }
 
