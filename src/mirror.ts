@@ -85,7 +85,7 @@ export function parseOneLineSources(text: string, file: string): AptSource[] {
     if (!line) continue;
     // Options in brackets may contain spaces ("[ arch=amd64 signed-by=... ]"): cut them out first.
     const m = /^(\S+)\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s*(.*)$/.exec(line);
-    if (!m || m[1] !== "deb") continue;
+    if (m?.[1] !== "deb") continue;
     out.push({ uris: [m[2] ?? ""], suites: [m[3] ?? ""], components: (m[4] ?? "").split(/\s+/).filter(Boolean), file });
   }
   return out;

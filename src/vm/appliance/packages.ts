@@ -47,31 +47,76 @@ export function parseStanzas(text: string): Map<string, string>[] {
   return out;
 }
 
-/** Parse a Packages file for one architecture (plus `all`). When a name appears twice, the higher version wins. */
+/** Packages fields the builder keeps; everything else (descriptions, tags, …) is skipped without being copied. */
+const PACKAGE_FIELDS: Record<string, keyof DebPackage | "essential-raw"> = {
+  package: "name",
+  version: "version",
+  architecture: "architecture",
+  depends: "depends",
+  "pre-depends": "preDepends",
+  provides: "provides",
+  filename: "filename",
+  sha256: "sha256",
+  size: "size",
+  essential: "essential-raw",
+  priority: "priority",
+};
+
+/**
+ * Parse a Packages file for one architecture (plus `all`). When a name appears twice, the higher version wins.
+ * A line scanner rather than parseStanzas: the index is ~50 MB and only a few fields matter.
+ */
 export function parsePackages(text: string, arch = "amd64"): PackageIndex {
   const packages = new Map<string, DebPackage>();
-  for (const s of parseStanzas(text)) {
-    const architecture = s.get("architecture") ?? "";
-    if (architecture !== arch && architecture !== "all") continue;
-    const pkg: DebPackage = {
-      name: s.get("package") ?? "",
-      version: s.get("version") ?? "",
-      architecture,
-      depends: s.get("depends") ?? "",
-      preDepends: s.get("pre-depends") ?? "",
-      provides: s.get("provides") ?? "",
-      filename: s.get("filename") ?? "",
-      sha256: s.get("sha256") ?? "",
-      size: Number(s.get("size") ?? "0"),
-      essential: (s.get("essential") ?? "").toLowerCase() === "yes",
-      priority: s.get("priority") ?? "",
-    };
-    if (!pkg.name || !pkg.filename) continue;
-    const prev = packages.get(pkg.name);
-    if (!prev || compareVersions(pkg.version, prev.version) > 0) packages.set(pkg.name, pkg);
+  let cur: Record<string, string> = {};
+  let last: string | undefined;
+  const flush = () => {
+    const architecture = cur.architecture ?? "";
+    if (cur.name && cur.filename && (architecture === arch || architecture === "all")) {
+      const pkg: DebPackage = {
+        name: cur.name,
+        version: cur.version ?? "",
+        architecture,
+        depends: cur.depends ?? "",
+        preDepends: cur.preDepends ?? "",
+        provides: cur.provides ?? "",
+        filename: cur.filename,
+        sha256: cur.sha256 ?? "",
+        size: Number(cur.size ?? "0"),
+        essential: (cur["essential-raw"] ?? "").toLowerCase() === "yes",
+        priority: cur.priority ?? "",
+      };
+      const prev = packages.get(pkg.name);
+      if (!prev || compareVersions(pkg.version, prev.version) > 0) packages.set(pkg.name, pkg);
+    }
+    cur = {};
+    last = undefined;
+  };
+  let pos = 0;
+  while (pos <= text.length) {
+    let eol = text.indexOf("\n", pos);
+    if (eol < 0) eol = text.length;
+    if (eol === pos || (eol === pos + 1 && text[pos] === "\r")) {
+      flush();
+    } else if (text[pos] === " " || text[pos] === "\t") {
+      if (last) cur[last] = `${cur[last]} ${text.slice(pos, eol).trim()}`;
+    } else {
+      const colon = text.indexOf(":", pos);
+      last = undefined;
+      if (colon > pos && colon < eol) {
+        const field = PACKAGE_FIELDS[text.slice(pos, colon).toLowerCase()];
+        if (field) {
+          cur[field] = text.slice(colon + 1, eol).trim();
+          last = field;
+        }
+      }
+    }
+    pos = eol + 1;
   }
+  flush();
   const providers: PackageIndex["providers"] = new Map();
   for (const pkg of packages.values()) {
+    if (!pkg.provides) continue;
     for (const group of parseRelations(pkg.provides)) {
       for (const rel of group) {
         const list = providers.get(rel.name) ?? [];
