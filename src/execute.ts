@@ -12,7 +12,7 @@ import { imageSizeBytes, TiB } from "./blockdev/size.js";
 import { withCleanup } from "./cleanup.js";
 import type { BuildOptions, ImageType } from "./config.js";
 import { VmdibError } from "./errors.js";
-import { type BuildPlan, GUEST_PATHS, type PlanOutput } from "./plan.js";
+import { type BuildPlan, blockDeviceParams, GUEST_PATHS, type PlanOutput } from "./plan.js";
 
 /** The helper VM as the executor uses it: run argv as root, streaming output; the exit code comes back. */
 export interface BuildMachine {
@@ -225,21 +225,17 @@ export async function executePlan(
       treeBytes: kib * 1024,
       imageSize: options.imageSize,
       extraSize: options.imageExtraSize,
-      rootFsType: options.fsType,
+      rootFsType: plan.environment.common.DIB_ROOT_FSTYPE ?? options.fsType,
       journalSizeMiB: options.journalSizeMb,
       efi: plan.elements.some((e) => e.name.includes("block-device-efi")),
     });
     deps.onEvent({ type: "info", message: `image size ${(sizeBytes / 1024 ** 2).toFixed(0)} MiB (tree ${kib} KiB)` });
     const layout: BlockDevicePlan = planBlockDevice(config, {
+      ...blockDeviceParams(options),
       imageSizeBytes: sizeBytes,
       imageDir: GUEST_PATHS.imageDir,
       mountBase: GUEST_PATHS.targetRoot,
       devices: { [layoutImageDisk(config)]: IMAGE_DISK_GUEST },
-      fsType: options.fsType,
-      rootLabel: options.rootLabel,
-      mkfsOptions: options.mkfsOptions,
-      journalSizeMiB: options.journalSizeMb,
-      maxOnlineResize: options.maxOnlineResize,
     });
 
     await phase("block-device");

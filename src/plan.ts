@@ -1,5 +1,6 @@
 // The build plan: options + resolved elements + hooks + block-device layout → one serialisable BuildPlan (pure).
 import { basename, dirname } from "node:path";
+import type { BlockDevicePlanParams } from "./blockdev/graph.js";
 import type { BuildOptions, ImageType } from "./config.js";
 import { PHASES, type PhaseWhere } from "./elements/phases.js";
 
@@ -48,8 +49,7 @@ export interface PlanInputs {
   readonly hooks: Readonly<Record<string, readonly PlanScript[]>>;
   /** environment.d files, in the order they are sourced. */
   readonly environmentFiles: readonly PlanScript[];
-  /** The block-device layout, as planned by src/blockdev (opaque here). */
-  readonly blockDevice: unknown;
+  readonly blockDevice: PlanBlockDevice;
   /** Host variables passed into the build (DIB_* unless -c), already filtered by the caller. */
   readonly passEnv: Readonly<Record<string, string>>;
   readonly version: string;
@@ -66,6 +66,29 @@ export interface PlanStep {
   readonly scripts: readonly PlanScript[];
   /** Variables this step sees on top of the plan's common environment. */
   readonly env: Readonly<Record<string, string>>;
+}
+
+/** The block-device layout as planned before the build: how it will be sized, a summary, the full plan. */
+export interface PlanBlockDevice {
+  readonly size: string;
+  readonly summary: readonly string[];
+  /** The BlockDevicePlan from src/blockdev (re-planned with the real size once the tree is measured). */
+  readonly layout: unknown;
+}
+
+/** The block-device settings that come from options (the same at plan time and when the tree is measured). */
+export function blockDeviceParams(
+  options: BuildOptions,
+): Omit<BlockDevicePlanParams, "imageSizeBytes" | "imageDir" | "mountBase" | "devices"> {
+  return {
+    fsType: options.fsType,
+    rootLabel: options.rootLabel,
+    mkfsOptions: options.mkfsOptions,
+    journalSizeMiB: options.journalSizeMb,
+    maxOnlineResize: options.maxOnlineResize,
+    // Identifiers DIB draws at random are derived from the image name: reproducible, yet distinct per image.
+    uuidSeed: basename(outputName(options)),
+  };
 }
 
 export interface PlanOutput {
@@ -87,7 +110,7 @@ export interface BuildPlan {
     readonly files: readonly PlanScript[];
   };
   readonly steps: readonly PlanStep[];
-  readonly blockDevice: unknown;
+  readonly blockDevice: PlanBlockDevice;
   readonly outputs: readonly PlanOutput[];
   readonly packages: readonly string[];
 }
@@ -273,19 +296,11 @@ export function renderPlan(plan: BuildPlan): string {
     if (extra && (s.scripts.length > 0 || s.kind === "step")) out.push(`  ${"".padEnd(13)}   env: ${extra}`);
     for (const sc of s.scripts) out.push(`  ${"".padEnd(13)}   ${sc.name}  (${sc.element})`);
   }
-  out.push("", "Block device:");
-  out.push(...indentYamlish(plan.blockDevice));
+  out.push("", "Block device:", `  size: ${plan.blockDevice.size}`, ...plan.blockDevice.summary.map((l) => `  ${l}`));
   out.push("", "Outputs:");
   for (const o of plan.outputs) {
     out.push(`  ${o.path}  (${o.type})`);
     for (const c of o.checksums) out.push(`  ${c}`);
   }
   return `${out.join("\n")}\n`;
-}
-
-function indentYamlish(value: unknown): string[] {
-  if (value === undefined || value === null) return ["  (none)"];
-  return JSON.stringify(value, null, 2)
-    .split("\n")
-    .map((l) => `  ${l}`);
 }

@@ -14,7 +14,7 @@ const inputs = (argv: string[], env: NodeJS.ProcessEnv = {}) => ({
     "install.d": [{ name: "10-mine", element: "mine", path: "/home/u/elements/mine/install.d/10-mine" }],
   },
   environmentFiles: [{ name: "10-debian.bash", element: "debian-minimal", path: "/y" }],
-  blockDevice: { layout: "mbr" },
+  blockDevice: { size: "1 GiB", summary: ["image0: mbr"], layout: { label: "mbr" } },
   passEnv: { DIB_RELEASE: "bookworm" },
   version: "0.0.0-test",
 });
@@ -97,4 +97,5 @@ t.test("the plan is data: JSON round trip, and a readable rendering", async (t) 
   t.match(text, /root\s+\[appliance\]/);
   t.match(text, /08-debootstrap\s+\(debian-minimal\)/);
   t.match(text, /image\.qcow2/);
+  t.match(text, /Block device:\n {2}size: 1 GiB\n {2}image0: mbr/);
 });

@@ -3,14 +3,14 @@ import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { execa } from "execa";
 import { type BlockDeviceConfig, loadBlockDeviceConfig } from "../blockdev/config.js";
-import { planBlockDevice } from "../blockdev/graph.js";
+import { blockDeviceInitInfo, describeBlockDevicePlan, planBlockDevice } from "../blockdev/graph.js";
 import { GiB } from "../blockdev/size.js";
 import { type BuildOptions, buildHelp, parseBuildArgs } from "../config.js";
 import { loadElementSet } from "../elements/discover.js";
 import { type BuildEvent, executePlan } from "../execute.js";
 import { resolveMirror } from "../mirror.js";
 import { cacheDir } from "../paths.js";
-import { type BuildPlan, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
+import { type BuildPlan, blockDeviceParams, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
 import { prepareDebootstrapStage1 } from "../rootfs/debootstrap.js";
 import { VERSION } from "../version.js";
 import { makeWorkDir } from "../workdir.js";
@@ -52,21 +52,21 @@ export async function planBuild(options: BuildOptions, ctx: Pick<CommandContext,
   });
   // Without --image-size the real size is known only after post-root.d (DIB's rule over the built tree): the
   // layout is planned with a provisional 1 GiB and planned again by the executor once the tree is measured.
+  const params = blockDeviceParams(options);
   const layout = planBlockDevice(config, {
+    ...params,
     imageSizeBytes: options.imageSize ?? GiB,
     imageDir: GUEST_PATHS.imageDir,
     mountBase: GUEST_PATHS.targetRoot,
-    fsType: options.fsType,
-    rootLabel: options.rootLabel,
-    mkfsOptions: options.mkfsOptions,
-    journalSizeMiB: options.journalSizeMb,
-    maxOnlineResize: options.maxOnlineResize,
   });
+  // DIB exports the root label, type and mount points before root.d runs; elements read them early.
+  const early = blockDeviceInitInfo(config, params);
   const blockDevice = {
     size:
       options.imageSize === undefined
         ? "computed after post-root.d: du of the tree / 0.6 (or + --image-extra-size), + ext4 journal, + EFI partition"
         : `${options.imageSize} bytes (--image-size)`,
+    summary: describeBlockDevicePlan(layout),
     layout,
   };
   const plan = buildPlan({
@@ -75,10 +75,10 @@ export async function planBuild(options: BuildOptions, ctx: Pick<CommandContext,
     hooks: set.hooks.phases,
     environmentFiles: set.hooks.environment,
     blockDevice,
-    passEnv: { ...debianMirror(set.elements, ctx.env), ...passedEnv(ctx.env, options) },
+    passEnv: { ...debianMirror(set.elements, ctx.env), ...passedEnv(ctx.env, options), ...early.env },
     version: VERSION,
   });
-  return { plan, set, config, warnings: [...set.warnings, ...layout.warnings] };
+  return { plan, config, rootFsType: early.rootFsType, warnings: [...set.warnings, ...layout.warnings] };
 }
 
 export const run: Command = async (ctx) => {
