@@ -3,8 +3,8 @@
 // VM only runs the second stage (elements/debootstrap/root.d/08-debootstrap). Pure selection, effectful writer.
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { type FileHandle, open, readdir, readFile, rename, rm, stat, utimes } from "node:fs/promises";
-import { join } from "node:path";
+import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat, utimes } from "node:fs/promises";
+import { dirname, join } from "node:path";
 import { VmdibError } from "../errors.js";
 import { BUILTIN_ELEMENTS_DIR, cacheDir } from "../paths.js";
 import {
@@ -292,6 +292,7 @@ export interface Stage1Spec {
 
 /** Write the stage-one tarball for `spec` to `dest` (temp name, then rename). */
 export async function writeStage1Tar(spec: Stage1Spec, dest: string): Promise<void> {
+  await mkdir(dirname(dest), { recursive: true });
   const tmp = tempName(dest);
   const tar = await Stage1Tar.create(tmp, spec.mtime);
   try {
