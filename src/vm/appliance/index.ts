@@ -142,6 +142,9 @@ export async function checkAppliance(
   } catch {
     return { problem: "no readable manifest.json" };
   }
+  if (!manifest?.kernel?.file || !manifest.initrd?.file || !Array.isArray(manifest.packages)) {
+    return { problem: "manifest.json is incomplete" };
+  }
   let stamp: VerifiedStamp = {};
   try {
     stamp = JSON.parse(await readFile(join(dir, STAMP), "utf8")) as VerifiedStamp;
