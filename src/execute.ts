@@ -179,7 +179,7 @@ export async function executePlan(
     cleanup.push("stop the helper VM", () => machine.stop());
 
     const driver = `${GUEST_PATHS.driver}/run-phase`;
-    const runStep = async (step: string, argv: readonly string[], where = "appliance"): Promise<string[]> => {
+    const runStep = async (step: string, argv: readonly string[], where: string = "appliance"): Promise<string[]> => {
       deps.onEvent({ type: "step-start", step, where });
       const started = Date.now();
       const tail: string[] = [];
@@ -200,7 +200,11 @@ export async function executePlan(
       return tail;
     };
     const phase = (name: string, ...args: string[]) =>
-      runStep(name, ["bash", driver, ...(options.trace > 0 ? ["-x"] : []), GUEST_PATHS.work, name, ...args]);
+      runStep(
+        name,
+        ["bash", driver, ...(options.trace > 0 ? ["-x"] : []), GUEST_PATHS.work, name, ...args],
+        plan.steps.find((s) => s.name === name)?.where,
+      );
     const script = async (name: string, text: string) => {
       await writeFile(join(workDir, `${name}.sh`), text, { mode: 0o700 });
       return runStep(name, ["bash", `${GUEST_PATHS.work}/${name}.sh`]);
