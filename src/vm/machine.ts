@@ -280,8 +280,9 @@ async function startOn(
     const onProcessExit = () => child.kill("SIGKILL");
     process.on("exit", onProcessExit);
     const pid = child.pid ?? -1;
+    let ready = false;
     const stopQemu = stack.push("stop QEMU", async () => {
-      await shutdownLadder(child, exited, log);
+      await shutdownLadder(child, exited, log, ready);
       process.off("exit", onProcessExit);
     });
     // EPIPE on the lifeline once QEMU is gone is expected, not an error.
@@ -304,9 +305,11 @@ async function startOn(
         await stopQemu();
         continue;
       }
-      await preserveSerialLog(serialLog, env, err);
+      // An interrupt is not a guest failure: nothing to point the user at.
+      if (!opts.signal?.aborted) await preserveSerialLog(serialLog, env, err);
       throw err;
     }
+    ready = true;
     const readyMs = performance.now() - t0;
     log(`guest ready after ${(readyMs / 1000).toFixed(2)} s (guest uptime ${guestUptimeAtReady} s)`);
     // The lifeline must keep flowing: unread output would eventually block the guest's writes to the port.
@@ -339,12 +342,22 @@ async function startOn(
   }
 }
 
-/** Poweroff (close the lifeline: the guest syncs and powers off) → wait → SIGTERM → wait → SIGKILL. */
-async function shutdownLadder(child: Qemu, exited: Promise<QemuExit>, log: (line: string) => void): Promise<void> {
+/**
+ * Poweroff (close the lifeline: the guest syncs and powers off) → wait → SIGTERM → wait → SIGKILL. A guest that
+ * never said ready is not watching its lifeline yet (or never will): it goes straight to SIGTERM.
+ */
+async function shutdownLadder(
+  child: Qemu,
+  exited: Promise<QemuExit>,
+  log: (line: string) => void,
+  polite: boolean,
+): Promise<void> {
   if (await within(exited, 0)) return;
   child.stdin.end();
-  if (await within(exited, POWEROFF_WAIT_MS)) return;
-  log(`QEMU (pid ${child.pid}) did not power off within ${POWEROFF_WAIT_MS / 1000} s; sending SIGTERM`);
+  if (polite) {
+    if (await within(exited, POWEROFF_WAIT_MS)) return;
+    log(`QEMU (pid ${child.pid}) did not power off within ${POWEROFF_WAIT_MS / 1000} s; sending SIGTERM`);
+  }
   child.kill("SIGTERM");
   if (await within(exited, SIGTERM_WAIT_MS)) return;
   log(`QEMU (pid ${child.pid}) ignored SIGTERM; sending SIGKILL`);

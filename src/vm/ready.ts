@@ -21,16 +21,27 @@ export async function tailFile(path: string, lines = 25, maxBytes = 64 * 1024): 
       .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
       // biome-ignore lint/suspicious/noControlCharactersInRegex: see above
       .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
-    return text
-      .split("\n")
-      .map((l) => l.trimEnd())
-      .filter((l) => l.length > 0)
-      .slice(-lines);
+    return condenseConsole(
+      text
+        .split("\n")
+        .map((l) => l.trimEnd())
+        .filter((l) => l.length > 0),
+    ).slice(-lines);
   } catch {
     return [];
   } finally {
     await fh?.close();
   }
+}
+
+/**
+ * Drop the kernel's register dumps and stack traces (after "Kernel panic" or an oops): they push the lines that
+ * say what went wrong (ours, the kernel's first complaint) out of a short tail and mean nothing to a user.
+ */
+export function condenseConsole(lines: readonly string[]): string[] {
+  const noise =
+    /^\[\s*[\d.]+\]\s+(Call Trace:|<\/?TASK>|\? |[\w.]+\+0x[0-9a-f]+\/0x[0-9a-f]+|R[A-Z0-9]{1,2}: |Code: |CPU: \d+ PID|Hardware name:|Kernel Offset:)/;
+  return lines.filter((l) => !noise.test(l));
 }
 
 /** How QEMU ended, as the machine saw it. */

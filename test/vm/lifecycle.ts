@@ -2,7 +2,7 @@
 // mid-command, the controller SIGKILLed (with and without setpriv's parent-death signal), SIGTERM to `vmdib run`.
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { userInfo } from "node:os";
 import { join } from "node:path";
 import t from "tap";
@@ -29,6 +29,28 @@ function waitForLine(child: ChildProcess, stream: "stdout" | "stderr", pred: Reg
     child.on("exit", () => reject(new Error(`child exited before printing ${pred}: ${buf}`)));
   });
 }
+
+t.test("a guest that cannot boot: QEMU ends, the error shows the console and says where the full log is", async (t) => {
+  const vm = await prepareVm();
+  const tmp = await tempDir("vmdib-test-bad-");
+  t.teardown(tmp.done);
+  const empty = join(tmp.path, "empty.cpio");
+  await writeFile(empty, "");
+  const t0 = Date.now();
+  const err = await bootMachine({ appliance: { ...vm.appliance, initrd: empty } }).catch((e: unknown) => e);
+  t.ok(err instanceof VmdibError);
+  t.match((err as VmdibError).message, /stopped before it was ready: QEMU exited/);
+  t.ok(
+    (err as VmdibError).context.some((l) => /Kernel panic/.test(l)),
+    "the panic is in the context",
+  );
+  t.notOk(
+    (err as VmdibError).context.some((l) => /Call Trace/.test(l)),
+    "without the stack dump",
+  );
+  t.ok((err as VmdibError).context.some((l) => /full serial console: .*last-serial\.log/.test(l)));
+  t.comment(`failed boot reported after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+});
 
 t.test("two appliances at once do not interfere; killing one mid-command gives a clear error", async (t) => {
   const [a, b] = await Promise.all([bootMachine(), bootMachine()]);
