@@ -3,7 +3,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { constants as fsc } from "node:fs";
-import { access, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { access, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, extname, join, resolve } from "node:path";
 import getPort from "get-port";
@@ -516,6 +516,31 @@ async function stopQemu(child: ChildProcess, exited: Promise<QemuExit>, log: (l:
   await exited;
 }
 
+const RUN_PREFIX = "vmdib-image-";
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Remove run directories of controllers that died without cleaning up (SIGKILL; their QEMU died with them through
+ * the parent-death signal). Only directories with a controller.pid of a dead process go; others are not ours to judge.
+ */
+async function sweepStaleRunDirs(base: string): Promise<void> {
+  for (const name of await readdir(base).catch(() => [] as string[])) {
+    if (!name.startsWith(RUN_PREFIX)) continue;
+    const pid = Number.parseInt(await readFile(join(base, name, "controller.pid"), "utf8").catch(() => ""), 10);
+    if (Number.isInteger(pid) && pid > 0 && !alive(pid)) {
+      await rm(join(base, name), { recursive: true, force: true }).catch(() => {});
+    }
+  }
+}
+
 /** Find everything, make the run directory and start QEMU; every resource gets its undo on `stack`. */
 async function startImage(
   stack: CleanupStack,
@@ -550,8 +575,11 @@ async function startImage(
 
   // The run directory holds the serial log, the UEFI variable store and QEMU's -snapshot overlay (TMPDIR below):
   // removing it removes every trace of the run.
-  const runDir = await mkdtemp(join(env.TMPDIR || tmpdir(), "vmdib-image-"));
+  const base = env.TMPDIR || tmpdir();
+  await sweepStaleRunDirs(base);
+  const runDir = await mkdtemp(join(base, RUN_PREFIX));
   stack.push("remove run directory", () => rm(runDir, { recursive: true, force: true }));
+  await writeFile(join(runDir, "controller.pid"), `${process.pid}\n`);
   let uefi: UefiFirmware | undefined;
   if (firmware) {
     const vars = join(runDir, basename(firmware.vars));

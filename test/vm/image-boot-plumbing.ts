@@ -76,6 +76,13 @@ if (!appliance?.manifest) {
     t.ok(report.loginPromptSeconds !== null && report.loginPromptSeconds < 120);
     t.equal(report.serialLogCopy, null);
     t.same(await readdir(runTmp), [], "the run directory is removed");
+    // A controller that died by SIGKILL left a run directory behind; the next run sweeps it, and leaves a live one.
+    mkdirSync(join(runTmp, "vmdib-image-dead"));
+    writeFileSync(join(runTmp, "vmdib-image-dead", "controller.pid"), "999999999\n");
+    mkdirSync(join(runTmp, "vmdib-image-live"));
+    writeFileSync(join(runTmp, "vmdib-image-live", "controller.pid"), `${process.pid}\n`);
+    await testImage({ image, env: { ...process.env, TMPDIR: runTmp }, timeoutMs: 1, cpus: 1, memoryMiB: 64 });
+    t.same(await readdir(runTmp), ["vmdib-image-live"], "stale run directories are swept");
   });
 
   t.test("a loop-device root fails with the reason, and the console is kept", async (t) => {
