@@ -8,7 +8,12 @@ import { searchKmodIndex } from "../../src/vm/appliance/modules.js";
 
 t.test("appliance build, reuse, offline reuse, contents", async (t) => {
   const events: ApplianceEvent[] = [];
-  const first = await ensureAppliance({ env: process.env, offline: false, onEvent: (e) => events.push(e) });
+  const first = await ensureAppliance({
+    env: process.env,
+    offline: false,
+    refresh: true,
+    onEvent: (e) => events.push(e),
+  });
   t.ok(
     events.some((e) => e.type === "index" && e.source === "network"),
     "index fetched and verified",
