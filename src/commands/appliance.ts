@@ -66,6 +66,7 @@ async function build(ctx: CommandContext, args: string[]): Promise<number> {
     [
       `appliance ${a.key} ${a.reused ? "(cached)" : "(built)"} in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
       `  kernel  ${a.kernel} (${m.kernel.release}, ${mb(m.kernel.size)})`,
+      ...(a.vmlinux ? [`  vmlinux ${a.vmlinux} (uncompressed, for PVH direct boot)`] : []),
       `  initrd  ${a.initrd} (${mb(m.initrd.size)}, ${m.packages.length} packages, ${m.modules.length} modules)`,
       "",
     ].join("\n"),
@@ -91,7 +92,8 @@ async function info(ctx: CommandContext, args: string[]): Promise<number> {
         `${a.key}  created ${m.createdAt}`,
         `  dir       ${a.dir}`,
         `  suite     ${m.suite}/${m.arch}, index signed ${m.indexDate}`,
-        `  kernel    ${m.kernel.package} ${m.kernel.version} (${m.kernel.release}), ${mb(m.kernel.size)}`,
+        `  kernel    ${m.kernel.package} ${m.kernel.version} (${m.kernel.release}), ${mb(m.kernel.size)}` +
+          (m.vmlinux ? `; vmlinux ${mb(m.vmlinux.size)}` : ""),
         `  initrd    ${mb(m.initrd.size)} (${m.initrd.compression})`,
         `  packages  ${m.packages.length}, modules ${m.modules.length}`,
         "",
