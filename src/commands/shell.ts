@@ -29,7 +29,6 @@ export const run: Command = async (ctx) => {
   try {
     // Raw mode: every key (Ctrl-C, Ctrl-D, arrows) travels to the guest's terminal, which does the line editing.
     if (tty) ctx.stdin.setRawMode?.(true);
-    ctx.stdin.resume();
     return await machine.shell({
       stdin: ctx.stdin,
       stdout: ctx.stdout,
