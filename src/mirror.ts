@@ -141,3 +141,8 @@ export function pickDebianMain(sources: AptSource[]): string | undefined {
 function stripSlash(url: string): string {
   return url.replace(/\/+$/, "");
 }
+
+/** A URL safe to print or store: credentials in it ("http://user:secret@host/") are replaced by "***". */
+export function redactUrl(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/@]*@/i, "$1***@");
+}

@@ -1,7 +1,7 @@
 // Tests src/mirror.ts: DIB_DISTRIBUTION_MIRROR, one-line and deb822 apt sources, and the error when there is none.
 import t from "tap";
 import { UsageError } from "../src/errors.js";
-import { type HostFiles, parseOneLineSources, pickDebianMain, resolveMirror } from "../src/mirror.js";
+import { type HostFiles, parseOneLineSources, pickDebianMain, redactUrl, resolveMirror } from "../src/mirror.js";
 
 function host(files: Record<string, string>): HostFiles {
   return {
@@ -72,4 +72,10 @@ t.test("no mirror anywhere: a UsageError naming DIB_DISTRIBUTION_MIRROR", async 
   t.type(err, UsageError);
   t.match((err as UsageError).hint, /DIB_DISTRIBUTION_MIRROR/);
   t.match((err as Error).message, /no Debian mirror/);
+});
+
+t.test("redactUrl hides credentials only", async (t) => {
+  t.equal(redactUrl("http://user:secret@mirror.example.invalid/debian"), "http://***@mirror.example.invalid/debian");
+  t.equal(redactUrl("http://mirror.example.invalid/debian"), "http://mirror.example.invalid/debian");
+  t.equal(redactUrl("https://tok@mirror.example.invalid/a@b"), "https://***@mirror.example.invalid/a@b");
 });

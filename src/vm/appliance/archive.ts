@@ -8,6 +8,7 @@ import { basename, dirname, join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { VmdibError } from "../../errors.js";
+import { redactUrl } from "../../mirror.js";
 import { spawnFilter } from "./deb.js";
 import { type DebPackage, type PackageIndex, parsePackages, parseReleaseSha256 } from "./packages.js";
 
@@ -71,18 +72,21 @@ async function httpGet(url: string, mirror: string, signal: AbortSignal | undefi
     res = await fetch(url, { signal: signal ?? null });
   } catch (err) {
     if (signal?.aborted) throw signal.reason ?? err;
-    throw new VmdibError(`cannot reach the Debian mirror ${mirror}`, {
+    throw new VmdibError(`cannot reach the Debian mirror ${redactUrl(mirror)}`, {
       hint: "check the network, or set DIB_DISTRIBUTION_MIRROR to a reachable mirror; `--offline` works from the cache",
       cause: err,
       context: [
-        `GET ${url}: ${err instanceof Error ? ((err.cause as Error | undefined)?.message ?? err.message) : String(err)}`,
+        `GET ${redactUrl(url)}: ${err instanceof Error ? ((err.cause as Error | undefined)?.message ?? err.message) : String(err)}`,
       ],
     });
   }
   if (!res.ok) {
-    throw new VmdibError(`the Debian mirror ${mirror} answered ${res.status} ${res.statusText} for ${url}`, {
-      hint: "check DIB_DISTRIBUTION_MIRROR (or the host's apt sources): it must be the directory that holds dists/ and pool/",
-    });
+    throw new VmdibError(
+      `the Debian mirror ${redactUrl(mirror)} answered ${res.status} ${res.statusText} for ${redactUrl(url)}`,
+      {
+        hint: "check DIB_DISTRIBUTION_MIRROR (or the host's apt sources): it must be the directory that holds dists/ and pool/",
+      },
+    );
   }
   return res;
 }
@@ -108,7 +112,7 @@ export async function downloadVerified(
     await pipeline(body, createWriteStream(tmp), { signal: o.signal });
     const got = hash.digest("hex");
     if (got !== want.sha256 || (want.size !== undefined && bytes !== want.size)) {
-      throw new VmdibError(`checksum mismatch for ${url}`, {
+      throw new VmdibError(`checksum mismatch for ${redactUrl(url)}`, {
         hint: "the mirror served a file that does not match the signed index; retry, or use another mirror",
         context: [
           `expected sha256 ${want.sha256} (${want.size ?? "?"} bytes)`,
@@ -183,7 +187,7 @@ export async function loadRelease(o: ArchiveOptions & { refresh?: boolean }): Pr
   const cachedAge = existsSync(inReleasePath) ? Date.now() - (await stat(inReleasePath)).mtimeMs : Infinity;
   if (o.offline) {
     if (cachedAge === Infinity) {
-      throw new VmdibError(`--offline: no cached index of ${o.suite} from ${o.mirror}`, {
+      throw new VmdibError(`--offline: no cached index of ${o.suite} from ${redactUrl(o.mirror)}`, {
         hint: "run `vmdib appliance build` once with network access first",
       });
     }

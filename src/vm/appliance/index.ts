@@ -5,7 +5,7 @@ import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { VmdibError } from "../../errors.js";
-import { resolveMirror } from "../../mirror.js";
+import { redactUrl, resolveMirror } from "../../mirror.js";
 import { cacheDir, GUEST_DIR } from "../../paths.js";
 import {
   DEFAULT_KEYRING,
@@ -301,7 +301,7 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
           builderVersion: BUILDER_VERSION,
           key,
           createdAt: new Date().toISOString(),
-          mirror,
+          mirror: redactUrl(mirror),
           suite: spec.suite,
           arch: spec.arch,
           indexDate: loaded.date,
