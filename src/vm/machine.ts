@@ -63,6 +63,11 @@ export interface StartOptions {
    * lifeline watch is the portable mechanism; this is belt and braces). Default: on where setpriv exists.
    */
   readonly pdeathsig?: boolean;
+  /**
+   * SSH keepalives: a guest silent for intervalMs × countMax (default 5 s × 12) is declared wedged and the running
+   * command fails with an explanation instead of hanging.
+   */
+  readonly keepalive?: { readonly intervalMs: number; readonly countMax: number };
   readonly env?: NodeJS.ProcessEnv;
   readonly signal?: AbortSignal;
   /** Progress lines for the CLI (verbose mode). */
@@ -315,7 +320,13 @@ async function startOn(
     // The lifeline must keep flowing: unread output would eventually block the guest's writes to the port.
     child.stdout.resume();
 
-    const ssh = await SshSession.connect({ port: sshPort, keys }).catch(async (err: unknown) => {
+    const ssh = await SshSession.connect({
+      port: sshPort,
+      keys,
+      ...(opts.keepalive
+        ? { keepaliveIntervalMs: opts.keepalive.intervalMs, keepaliveCountMax: opts.keepalive.countMax }
+        : {}),
+    }).catch(async (err: unknown) => {
       await preserveSerialLog(serialLog, env, err);
       throw new VmdibError("could not log in to the appliance over SSH", {
         cause: err,

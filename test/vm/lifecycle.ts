@@ -52,6 +52,25 @@ t.test("a guest that cannot boot: QEMU ends, the error shows the console and say
   t.comment(`failed boot reported after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 });
 
+t.test("a guest that stops answering is detected by keepalives within a bounded time", async (t) => {
+  const m = await bootMachine({ keepalive: { intervalMs: 1000, countMax: 5 } });
+  t.teardown(async () => {
+    process.kill(m.pid, "SIGCONT");
+    await m.stop();
+  });
+  const running = m.exec("sleep 300");
+  await new Promise((r) => setTimeout(r, 1000));
+  // SIGSTOP freezes QEMU whole: the guest, its network and the forwarded port all stop answering.
+  process.kill(m.pid, "SIGSTOP");
+  const t0 = Date.now();
+  const err = await running.catch((e: unknown) => e);
+  const s = (Date.now() - t0) / 1000;
+  t.ok(err instanceof VmdibError);
+  t.match((err as VmdibError).message, /lost the SSH connection to the appliance while running `sleep 300`/);
+  t.match((err as VmdibError).hint, /stopped answering/);
+  t.ok(s < 30, `noticed after ${s.toFixed(1)} s`);
+});
+
 t.test("two appliances at once do not interfere; killing one mid-command gives a clear error", async (t) => {
   const [a, b] = await Promise.all([bootMachine(), bootMachine()]);
   t.teardown(async () => {
