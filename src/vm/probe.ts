@@ -4,7 +4,7 @@ import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { constants as fsc } from "node:fs";
 import { access, mkdir, readFile, rename, stat, writeFile } from "node:fs/promises";
-import { arch, availableParallelism, hostname, release } from "node:os";
+import { arch, availableParallelism, hostname, release, tmpdir } from "node:os";
 import { delimiter, join } from "node:path";
 import { UsageError, VmdibError } from "../errors.js";
 import { cacheDir } from "../paths.js";
@@ -83,7 +83,8 @@ export interface ProbeOutcome {
 /** Boot the kernel without initramfs under `accel`; ok when its banner appears within the timeout. */
 export async function probeAccel(qemu: string, kernel: string, accel: Accel, timeoutMs: number): Promise<ProbeOutcome> {
   return await new Promise<ProbeOutcome>((resolve) => {
-    const child = spawn(qemu, probeArgv(kernel, accel), { stdio: ["ignore", "pipe", "pipe"] });
+    // cwd: a QEMU that aborts (KVM's MSR assertion here) must not leave a core file in the user's directory.
+    const child = spawn(qemu, probeArgv(kernel, accel), { stdio: ["ignore", "pipe", "pipe"], cwd: tmpdir() });
     let out = "";
     let err = "";
     let done = false;
