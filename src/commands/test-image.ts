@@ -2,7 +2,7 @@
 // login prompt, serial console on the kernel command line, root by label, and with a key an SSH login.
 import { resolve } from "node:path";
 import { UsageError } from "../errors.js";
-import { type CheckStatus, type ImageTestReport, testImage } from "../vm/image-boot.js";
+import { type CheckStatus, DEFAULT_TEST_TIMEOUT_MS, type ImageTestReport, testImage } from "../vm/image-boot.js";
 import type { Accel } from "../vm/qemu.js";
 import { parseImageArgs, positiveInt } from "./boot.js";
 import type { Command } from "./context.js";
@@ -141,6 +141,12 @@ export const run: Command = async (ctx) => {
     ...(o.sshKey && o.user ? { sshKey: o.sshKey, user: o.user } : {}),
     ...(!o.sshKey && o.user ? { user: o.user, sshPassword: passwordFrom(ctx.env) } : {}),
     ...(o.timeoutS ? { timeoutMs: o.timeoutS * 1000 } : {}),
+    onStart: (b) =>
+      ctx.stderr.write(
+        `vmdib: booting ${o.image} (${b.format}, ${o.uefi ? "UEFI" : "BIOS"}, ${b.accel.accel}); waiting up to ${
+          o.timeoutS ?? DEFAULT_TEST_TIMEOUT_MS / 1000
+        } s for a login prompt\n`,
+      ),
     ...(o.verbose
       ? {
           log: (line: string) => ctx.stderr.write(`vmdib: ${line}\n`),

@@ -688,6 +688,8 @@ export interface ImageTestOptions extends ImageBootOptions {
   readonly timeoutMs?: number;
   /** Commands to run over SSH; default `findmnt -no SOURCE,LABEL /` and `cat /proc/cmdline`. */
   readonly sshCommands?: readonly string[];
+  /** Called once QEMU runs (the CLI says what it waits for). */
+  readonly onStart?: (b: BootBanner) => void;
   /** Every console chunk as it arrives (for `--verbose`). */
   readonly onConsole?: (chunk: string) => void;
 }
@@ -735,7 +737,7 @@ export interface ImageTestReport {
   readonly serialLogCopy: string | null;
 }
 
-const DEFAULT_TEST_TIMEOUT_MS = 300_000;
+export const DEFAULT_TEST_TIMEOUT_MS = 300_000;
 const DEFAULT_SSH_COMMANDS = ["findmnt -no SOURCE,LABEL /", "cat /proc/cmdline"];
 /** Keep at most this much console text in memory (the log file has all of it). */
 const CONSOLE_KEEP = 1 << 20;
@@ -931,6 +933,7 @@ export async function testImage(opts: ImageTestOptions): Promise<ImageTestReport
   const stack = new CleanupStack();
   try {
     const r = await startImage(stack, { ...opts, snapshot: true }, "controller", "pipe");
+    opts.onStart?.({ format: r.spec.format, accel: r.accel, sshPort: r.spec.sshPort, snapshot: true });
     const deadline = r.startedAt + timeoutMs;
     let consoleSoFar = "";
     const watched = await watchConsole(
