@@ -1,7 +1,7 @@
 // Tests for src/rootfs/debootstrap.ts: debootstrap's package selection on fixture indexes, the guest contract
 // (inputs string, paths), the stage-one tar writer on fixture .debs, and 08-debootstrap's side of the contract.
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
@@ -225,7 +225,7 @@ t.test("writeStage1Tar: what debootstrap --foreign leaves, root-owned, merged /u
     packagesXz,
     execFileSync("xz", ["-z", "-c"], { input: packages({ aaa: {}, bbb: {}, apt: {}, other: {} }) }),
   );
-  const out = join(dir, "stage1.tar");
+  const out = join(dir, "stage1.tar.zst");
   await writeStage1Tar(
     {
       mirror: "http://m.example/debian",
@@ -242,7 +242,8 @@ t.test("writeStage1Tar: what debootstrap --foreign leaves, root-owned, merged /u
     out,
   );
   const entries = new Map<string, TarEntry>();
-  for await (const e of readTar([readFileSync(out)])) entries.set(e.path.replace(/^\.\//, "").replace(/\/$/, ""), e);
+  for await (const e of readTar([execFileSync("zstd", ["-dc", out])]))
+    entries.set(e.path.replace(/^\.\//, "").replace(/\/$/, ""), e);
   const get = (p: string) => entries.get(p);
   t.equal(get("usr/bin/dash")?.data.toString(), "dash", "bin/ moved under usr/");
   t.equal(get("usr/bin/sh")?.linkname, "dash", "relative links moved as they are");
@@ -289,12 +290,12 @@ t.test("writeStage1Tar: what debootstrap --foreign leaves, root-owned, merged /u
         mtime: 0,
         key: "k",
       },
-      join(dir, "clash.tar"),
+      join(dir, "clash.tar.zst"),
     ),
     /ccc ships \/usr\/bin\/dash/,
     "a path shipped twice fails as debootstrap's tar -k does",
   );
-  t.notOk(existsSync(join(dir, "clash.tar")), "no partial tarball under the final name");
+  t.notOk(existsSync(join(dir, "clash.tar.zst")), "no partial tarball under the final name");
 });
 
 const noDebootstrap = existsSync("/usr/share/debootstrap/scripts/bookworm") ? false : "debootstrap is not installed";

@@ -30,7 +30,7 @@ const request = {
 
 async function tarFiles(path: string): Promise<Map<string, Buffer>> {
   const out = new Map<string, Buffer>();
-  for await (const e of readTar([readFileSync(path)])) {
+  for await (const e of readTar([execFileSync("zstd", ["-dc", path], { maxBuffer: 1 << 30 })])) {
     if (e.path.startsWith("./debootstrap/")) out.set(e.path.slice(2), e.data);
   }
   return out;
@@ -99,7 +99,7 @@ t.test("stage one for bookworm: debootstrap's package set, cached", async (t) =>
       stdio: "ignore",
     });
     execFileSync("mkdir", ["-p", mine]);
-    execFileSync("tar", ["-C", mine, "--numeric-owner", "-xf", first.hostPath]);
+    execFileSync("tar", ["-C", mine, "--numeric-owner", "--zstd", "-xf", first.hostPath]);
     // Not ours to reproduce: the build machine's own files (copied in the guest), debootstrap's scripts (copied
     // from the guest's debootstrap), its log, the index files (ours hold only the stanzas the second stage reads),
     // and /proc, a link debootstrap makes only inside a container.
