@@ -68,6 +68,8 @@ export interface StartOptions {
    * command fails with an explanation instead of hanging.
    */
   readonly keepalive?: { readonly intervalMs: number; readonly countMax: number };
+  /** Finds a free port on 127.0.0.1 for the SSH forward (injectable so tests can cause a clash). */
+  readonly getPort?: () => Promise<number>;
   readonly env?: NodeJS.ProcessEnv;
   readonly signal?: AbortSignal;
   /** Progress lines for the CLI (verbose mode). */
@@ -249,7 +251,9 @@ async function startOn(
   const readyTimeoutMs = opts.readyTimeoutMs ?? (Number(env.VMDIB_READY_TIMEOUT) * 1000 || 180_000);
 
   for (let attempt = 1; ; attempt++) {
-    const sshPort = await getPort({ host: "127.0.0.1" });
+    // get-port's answer can be stale by the time QEMU binds (another process, another vmdib): QEMU then exits
+    // at once with PORT_CLASH and we try again with a new port.
+    const sshPort = await (opts.getPort ?? (() => getPort({ host: "127.0.0.1" })))();
     const spec: MachineSpec = {
       kernel: bootKernel(opts.appliance),
       initrd: opts.appliance.initrd,

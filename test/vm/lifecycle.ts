@@ -3,8 +3,10 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { readdir, readFile, writeFile } from "node:fs/promises";
+import { type AddressInfo, createServer } from "node:net";
 import { userInfo } from "node:os";
 import { join } from "node:path";
+import getPort from "get-port";
 import t from "tap";
 import { VmdibError } from "../../src/errors.js";
 import { PACKAGE_ROOT } from "../../src/paths.js";
@@ -69,6 +71,28 @@ t.test("a guest that stops answering is detected by keepalives within a bounded 
   t.match((err as VmdibError).message, /lost the SSH connection to the appliance while running `sleep 300`/);
   t.match((err as VmdibError).hint, /stopped answering/);
   t.ok(s < 30, `noticed after ${s.toFixed(1)} s`);
+});
+
+t.test("the forwarded port taken before QEMU binds it: retried with another", async (t) => {
+  const blocker = createServer();
+  await new Promise<void>((r) => blocker.listen(0, "127.0.0.1", r));
+  t.teardown(() => new Promise<void>((r) => blocker.close(() => r())));
+  const taken = (blocker.address() as AddressInfo).port;
+  const offered: number[] = [];
+  const log: string[] = [];
+  const m = await bootMachine({
+    getPort: async () => {
+      const p = offered.length === 0 ? taken : await getPort({ host: "127.0.0.1" });
+      offered.push(p);
+      return p;
+    },
+    log: (l) => log.push(l),
+  });
+  t.teardown(() => m.stop());
+  t.equal(offered.length, 2);
+  t.equal(m.sshPort, offered[1]);
+  t.ok(log.some((l) => l.includes(`port ${taken} was taken`)));
+  t.equal(await m.exec("true"), 0);
 });
 
 t.test("two appliances at once do not interfere; killing one mid-command gives a clear error", async (t) => {
