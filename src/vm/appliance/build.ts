@@ -87,14 +87,16 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
       return { entries, postinst };
     };
     const packageBytes = new Map<string, number>();
+    // A queue, not an array indexed by package: a written package's contents must become garbage at once.
     const pending: Promise<Awaited<ReturnType<typeof load>>>[] = [];
+    let started = 0;
     for (let i = 0; i < input.debs.length; i++) {
-      while (pending.length < Math.min(i + UNPACK_AHEAD, input.debs.length)) {
-        const p = load(input.debs[pending.length] as FetchedDeb);
+      while (started < Math.min(i + UNPACK_AHEAD, input.debs.length)) {
+        const p = load(input.debs[started++] as FetchedDeb);
         p.catch(() => {}); // handled when awaited below; avoids an "unhandled rejection" while an earlier one is awaited
         pending.push(p);
       }
-      const { entries, postinst } = await (pending[i] as Promise<Awaited<ReturnType<typeof load>>>);
+      const { entries, postinst } = await (pending.shift() as Promise<Awaited<ReturnType<typeof load>>>);
       const before = cpio.size;
       try {
         root.addPackage(entries, postinst);

@@ -229,18 +229,12 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
     }
   }
 
-  const loaded = await loadPackages(archive, release);
-  const roots = [...spec.packages];
-  if (spec.essential) {
-    for (const p of loaded.index.packages.values())
-      if (p.essential && !spec.exclude.includes(p.name)) roots.push(p.name);
-  }
-  const closure = resolveClosure(loaded.index, [...new Set(roots)].sort(), { exclude: spec.exclude, arch: spec.arch });
-  const kernelPkg = resolveKernelPackage(loaded.index, spec.kernel);
-  const key = applianceKey({ packages: closure.packages, kernel: kernelPkg, yaml: spec.text, init });
+  // Resolve in a helper whose scope ends here: the ~150 MB parsed index becomes garbage before assembly starts.
+  const { packages, kernelPkg, indexDate, packagesSha256 } = await resolveAll(archive, release, spec);
+  const key = applianceKey({ packages, kernel: kernelPkg, yaml: spec.text, init });
   onEvent?.({
     type: "step",
-    message: `resolved ${closure.packages.length} packages + ${kernelPkg.name}, key ${key}`,
+    message: `resolved ${packages.length} packages + ${kernelPkg.name}, key ${key}`,
     ms: Date.now() - t0,
   });
   await writeAtomic(resolvedFile, `${JSON.stringify({ key })}\n`);
@@ -268,7 +262,7 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
         }
       }
       t0 = Date.now();
-      const debs = await fetchDebs([...closure.packages, kernelPkg], archive);
+      const debs = await fetchDebs([...packages, kernelPkg], archive);
       onEvent?.({ type: "step", message: "packages fetched and verified", ms: Date.now() - t0 });
       const kernelDeb = debs.find((d) => d.pkg.name === kernelPkg.name);
       if (!kernelDeb) throw new Error("kernel package missing after fetch");
@@ -278,7 +272,7 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
       await mkdir(tmp);
       try {
         t0 = Date.now();
-        const indexTime = Date.parse(loaded.date);
+        const indexTime = Date.parse(indexDate);
         const result = await assembleAppliance({
           debs: debs.filter((d) => d !== kernelDeb),
           kernelDeb,
@@ -304,8 +298,8 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
           mirror: redactUrl(mirror),
           suite: spec.suite,
           arch: spec.arch,
-          indexDate: loaded.date,
-          packagesIndexSha256: loaded.packagesSha256,
+          indexDate,
+          packagesIndexSha256: packagesSha256,
           kernel: {
             ...(await fileInfo(result.kernelFile, "vmlinuz")),
             package: kernelPkg.name,
@@ -314,7 +308,7 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
           },
           initrd: { ...(await fileInfo(result.initrdFile, "initrd.img")), compression: "none" },
           ...(result.vmlinuxFile ? { vmlinux: await fileInfo(result.vmlinuxFile, "vmlinux") } : {}),
-          packages: closure.packages.map((p) => ({
+          packages: packages.map((p) => ({
             name: p.name,
             version: p.version,
             sha256: p.sha256,
@@ -346,6 +340,33 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
       ...(signal ? { signal } : {}),
       onWait: (owner) => onEvent?.({ type: "step", message: `waiting for another build of ${key} (${owner})` }),
     },
+  );
+}
+
+/**
+ * Packages index → closure (+ Essential packages) and kernel package. The results are deep-copied: V8 keeps a
+ * substring's whole parent string alive, and the parent here is the 50 MB index text.
+ */
+async function resolveAll(
+  archive: Parameters<typeof loadPackages>[0],
+  release: Parameters<typeof loadPackages>[1],
+  spec: ReturnType<typeof loadApplianceSpec>,
+): Promise<{ packages: DebPackage[]; kernelPkg: DebPackage; indexDate: string; packagesSha256: string }> {
+  const loaded = await loadPackages(archive, release);
+  const roots = [...spec.packages];
+  if (spec.essential) {
+    for (const p of loaded.index.packages.values())
+      if (p.essential && !spec.exclude.includes(p.name)) roots.push(p.name);
+  }
+  const closure = resolveClosure(loaded.index, [...new Set(roots)].sort(), { exclude: spec.exclude, arch: spec.arch });
+  const kernelPkg = resolveKernelPackage(loaded.index, spec.kernel);
+  return JSON.parse(
+    JSON.stringify({
+      packages: closure.packages,
+      kernelPkg,
+      indexDate: loaded.date,
+      packagesSha256: loaded.packagesSha256,
+    }),
   );
 }
 
