@@ -483,7 +483,7 @@ export interface ImageBootOptions {
   readonly log?: (line: string) => void;
 }
 
-/** A started QEMU with its run directory; stop() is the shutdown ladder. */
+/** A started QEMU with its run directory; the cleanup stack stops it (stopQemu) and removes the directory. */
 interface Running {
   readonly child: ChildProcess;
   readonly exited: Promise<QemuExit>;
