@@ -205,10 +205,12 @@ export async function executePlan(
         ["bash", driver, ...(options.trace > 0 ? ["-x"] : []), GUEST_PATHS.work, name, ...args],
         plan.steps.find((s) => s.name === name)?.where,
       );
-    const script = async (name: string, text: string) => {
+    /** Generated scripts reach the guest through the work dir; `run` runs one as a step. */
+    const writeScript = async (name: string, text: string) => {
       await writeFile(join(workDir, `${name}.sh`), text, { mode: 0o700 });
-      return runStep(name, ["bash", `${GUEST_PATHS.work}/${name}.sh`]);
+      return ["bash", `${GUEST_PATHS.work}/${name}.sh`];
     };
+    const script = async (name: string, text: string) => runStep(name, await writeScript(name, text));
 
     // The tree is built in tmpfs inside the guest (DIB's tmpfs build): device nodes and ownership work there, and
     // under TCG it is far faster than any disk. The guest's memory bounds it.
@@ -244,10 +246,8 @@ export async function executePlan(
 
     await phase("block-device");
     const exportsFile = `${GUEST_PATHS.build}/env.d/40-block-device.env`;
-    await script("blockdev-cleanup", buildCleanupScript(layout));
-    cleanup.push("release the block devices", () =>
-      machine.exec(["bash", `${GUEST_PATHS.work}/blockdev-cleanup.sh`], quiet()).catch(() => undefined),
-    );
+    const release = await writeScript("blockdev-cleanup", buildCleanupScript(layout));
+    cleanup.push("release the block devices", () => machine.exec(release, quiet()).catch(() => undefined));
     await script("blockdev-setup", buildSetupScript(layout, { exportsFile }));
     await script("fstab", buildFstabScript(layout, `${GUEST_PATHS.build}/built`));
     await phase("copy-root");

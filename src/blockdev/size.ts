@@ -116,7 +116,8 @@ export interface ImageSizeInput {
  * DIB's image size rule (disk-image-create, after post-root.d), in bytes:
  * - with --image-size: that size (extra size and journal are not added, as in DIB);
  * - else du of the tree in KiB, plus --image-extra-size if given, otherwise divided by 0.6;
- *   plus the ext4 journal (64 MiB or --mkfs-journal-size) when the root filesystem is ext4;
+ *   plus the ext4 journal (64 MiB or --mkfs-journal-size) when the root filesystem is ext4, and then at least
+ *   four journals (unlike DIB, whose small ext4 images fail in mke2fs);
  * - plus 525 MiB for an EFI system partition when block-device-efi is in the element set (always, as in DIB);
  * - rounded up to a multiple of 64 KiB (qemu-img compresses such images correctly).
  */
@@ -130,7 +131,12 @@ export function imageSizeBytes(input: ImageSizeInput): number {
   } else {
     const du = Math.ceil(input.treeBytes / KiB);
     kib = input.extraSize !== undefined ? du + Math.floor(input.extraSize / KiB) : Math.floor(du / 0.6);
-    if (input.rootFsType === "ext4") kib += (input.journalSizeMiB ?? 64) * 1024;
+    if (input.rootFsType === "ext4") {
+      const journalKiB = (input.journalSizeMiB ?? 64) * 1024;
+      // mke2fs refuses a journal bigger than a quarter-ish of the filesystem ("Total journal size too big"); DIB
+      // then fails on small trees. Keep the filesystem at least four journals large.
+      kib = Math.max(kib + journalKiB, 4 * journalKiB);
+    }
   }
   if (input.efi) kib += 525 * 1024;
   if (kib % 64 !== 0) kib += 64 - (kib % 64);

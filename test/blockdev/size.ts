@@ -95,3 +95,9 @@ t.test("imageSizeBytes: DIB's rule", async (t) => {
   t.equal(imageSizeBytes({ treeBytes: 0, rootFsType: "xfs", imageSize: 1000 * KiB }), 1024 * KiB);
   t.throws(() => imageSizeBytes({ treeBytes: Number.NaN, rootFsType: "ext4" }), RangeError);
 });
+
+t.test("a tiny ext4 tree still gets room for its journal (DIB fails there)", async (t) => {
+  const bytes = imageSizeBytes({ treeBytes: 8 * 1024 * 1024, rootFsType: "ext4" });
+  t.equal(bytes, 256 * 1024 * 1024, "four 64 MiB journals");
+  t.equal(imageSizeBytes({ treeBytes: 8 * 1024 * 1024, rootFsType: "ext4", journalSizeMiB: 16 }), 64 * 1024 * 1024);
+});
