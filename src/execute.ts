@@ -219,7 +219,15 @@ export async function executePlan(
       "-c",
       `set -eu; mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=90%,mode=0755 vmdib-build ${GUEST_PATHS.build}`,
     ]);
-    cleanup.push("unmount the build tree", () => phase("unmount", "--all").catch(() => undefined));
+    // Once the VM is stopped on the success path, the in-guest undo steps have nothing left to do.
+    let vmStopped = false;
+    const inGuest = (fn: () => Promise<unknown>) => async () => {
+      if (!vmStopped) await fn().catch(() => undefined);
+    };
+    cleanup.push(
+      "unmount the build tree",
+      inGuest(() => phase("unmount", "--all")),
+    );
     for (const name of ["root", "extra-data", "pre-install", "install"]) await phase(name);
     if (options.packages.length > 0) await phase("packages", ...options.packages);
     for (const name of ["post-install", "post-root"]) await phase(name);
@@ -247,7 +255,10 @@ export async function executePlan(
     await phase("block-device");
     const exportsFile = `${GUEST_PATHS.build}/env.d/40-block-device.env`;
     const release = await writeScript("blockdev-cleanup", buildCleanupScript(layout));
-    cleanup.push("release the block devices", () => machine.exec(release, quiet()).catch(() => undefined));
+    cleanup.push(
+      "release the block devices",
+      inGuest(() => machine.exec(release, quiet())),
+    );
     await script("blockdev-setup", buildSetupScript(layout, { exportsFile }));
     await script("fstab", buildFstabScript(layout, `${GUEST_PATHS.build}/built`));
     await phase("copy-root");
@@ -258,6 +269,7 @@ export async function executePlan(
       await runStep("tree-outputs", ["bash", "-c", `set -eu -o pipefail\n${treeCmds.join("\n")}`]);
     await phase("unmount", "--all");
     await script("blockdev-umount", buildUmountScript(layout));
+    vmStopped = true;
     await machine.stop();
 
     // The disk holds the image in its first sizeBytes; the rest of the sparse capacity was never written.
