@@ -1,8 +1,8 @@
 // The per-build work directory on the host, shared read-write into the helper VM: env, merged hooks, element
 // links, the guest driver, and out/ for what the guest writes back. Made 0700; removed by the caller's cleanup.
-import { cp, mkdir, mkdtemp, readdir, rm, symlink, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, isAbsolute, join } from "node:path";
 import { GUEST_DIR } from "./paths.js";
 import { type BuildPlan, GUEST_PATHS } from "./plan.js";
 
@@ -16,9 +16,10 @@ export function exportLine(name: string, value: string): string {
 }
 
 /** The env file run-phase sources first: the plan's common environment plus the guest's fixed paths. */
-export function buildEnvFile(plan: BuildPlan): string {
+export function buildEnvFile(plan: BuildPlan, overrides: Readonly<Record<string, string>> = {}): string {
   const env: Record<string, string> = {
     ...plan.environment.common,
+    ...overrides,
     TMP_BUILD_DIR: GUEST_PATHS.build,
     TMP_IMAGE_DIR: GUEST_PATHS.imageDir,
     ELEMENTS_PATH: `${GUEST_PATHS.work}/elements`,
@@ -29,6 +30,26 @@ export function buildEnvFile(plan: BuildPlan): string {
 }
 
 /**
+ * DIB_* settings that name a file or directory of the host (DIB_DEV_USER_AUTHORIZED_KEYS, DIB_LOCAL_IMAGE, ...) are
+ * read by element scripts that run in the guest: copy each into the work dir and point the variable at the copy.
+ */
+async function copyHostFiles(env: Readonly<Record<string, string>>, dir: string): Promise<Record<string, string>> {
+  const rewritten: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (!name.startsWith("DIB_") || !isAbsolute(value)) continue;
+    const kind = await stat(value).then(
+      (s) => (s.isFile() || s.isDirectory() ? "copy" : undefined),
+      () => undefined,
+    );
+    if (!kind) continue;
+    const target = join(dir, "host-files", name, basename(value) || "root");
+    await cp(value, target, { recursive: true, verbatimSymlinks: true });
+    rewritten[name] = `${GUEST_PATHS.work}/host-files/${name}/${basename(target)}`;
+  }
+  return rewritten;
+}
+
+/**
  * Lays out a fresh work directory for `plan`: the hook tree merged like DIB's generate_hooks (earlier elements
  * first; duplicates were already rejected by hook collection), a link per element to its read-only share in
  * the guest, and a copy of guest/dib. Returns its path.
@@ -36,7 +57,8 @@ export function buildEnvFile(plan: BuildPlan): string {
 export async function makeWorkDir(plan: BuildPlan, parent = tmpdir()): Promise<string> {
   const dir = await mkdtemp(join(parent, "vmdib-build-"));
   try {
-    await writeFile(join(dir, "env"), buildEnvFile(plan), { mode: 0o600 });
+    const hostFiles = await copyHostFiles(plan.environment.common, dir);
+    await writeFile(join(dir, "env"), buildEnvFile(plan, hostFiles), { mode: 0o600 });
     const hooks = join(dir, "hooks");
     await mkdir(hooks);
     for (const element of plan.elements) {

@@ -31,8 +31,12 @@ t.test("makeWorkDir merges hooks, links elements to their guest shares, copies t
       { name: "a", path: a, guestPath: "/vmdib/elements/0/a" },
       { name: "b", path: b, guestPath: "/vmdib/elements/0/b" },
     ],
-    environment: { common: { IMAGE_ELEMENT: "a b" }, files: [] },
+    environment: {
+      common: { IMAGE_ELEMENT: "a b", DIB_DEV_USER_AUTHORIZED_KEYS: join(root, "keys.pub"), DIB_X: "/nonexistent" },
+      files: [],
+    },
   } as unknown as BuildPlan;
+  await writeFile(join(root, "keys.pub"), "ssh-ed25519 AAAA test\n");
   const dir = await makeWorkDir(plan, root);
   t.equal((await stat(dir)).mode & 0o777, 0o700, "work dir is private");
   t.equal((await stat(join(dir, "hooks", "install.d", "10-a"))).mode & 0o111, 0o111, "modes kept");
@@ -43,4 +47,15 @@ t.test("makeWorkDir merges hooks, links elements to their guest shares, copies t
   t.ok(await stat(join(dir, "dib", "run-phase")));
   t.match(await readFile(join(dir, "env"), "utf8"), /export IMAGE_ELEMENT='a b'/);
   t.match(buildEnvFile(plan), /export TMP_BUILD_DIR='\/vmdib\/build'/);
+  const env = await readFile(join(dir, "env"), "utf8");
+  t.match(
+    env,
+    /export DIB_DEV_USER_AUTHORIZED_KEYS='\/vmdib\/work\/host-files\/DIB_DEV_USER_AUTHORIZED_KEYS\/keys.pub'/,
+    "a host file named by a DIB_* setting is copied and the setting points at the copy",
+  );
+  t.equal(
+    await readFile(join(dir, "host-files", "DIB_DEV_USER_AUTHORIZED_KEYS", "keys.pub"), "utf8"),
+    "ssh-ed25519 AAAA test\n",
+  );
+  t.match(env, /export DIB_X='\/nonexistent'/, "paths that do not exist are left alone");
 });
