@@ -2,6 +2,8 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 TAP := npx tap --disable-coverage
+# tap ends with `# { total: N, pass: P, fail: F }`; CI systems read a plain `P passed, F failed` line.
+SUMMARY := awk '{ print } /^\# \{ total:/ { p = f = s = 0; if (match($$0, /pass: [0-9]+/)) p = substr($$0, RSTART + 6, RLENGTH - 6); if (match($$0, /fail: [0-9]+/)) f = substr($$0, RSTART + 6, RLENGTH - 6); if (match($$0, /skip: [0-9]+/)) s = substr($$0, RSTART + 6, RLENGTH - 6); printf "%d passed, %d failed, %d skipped\n", p, f, s }'
 
 # Shell under guest/ and elements/: every file whose first line names bash or sh.
 SHELL_FILES = $(shell grep -rlE '^\#!.*\b(ba)?sh\b' guest elements 2>/dev/null | sort)
@@ -27,18 +29,21 @@ lint: node_modules
 fmt: node_modules
 	npx biome check --write .
 
+# Compiled test files, without the modules tests import (helpers) or spawn (controller-child).
+TEST_FILES = find dist/test -name '*.js' -not -path '*/helpers/*' -not -name helpers.js -not -name controller-child.js
+
 # Unit tests: everything under test/ except the tests that boot QEMU (test/vm, test/e2e).
 unit: build
-	$(TAP) $$(find dist/test -name '*.js' -not -path 'dist/test/vm/*' -not -path 'dist/test/e2e/*' | sort)
+	$(TAP) $$($(TEST_FILES) -not -path 'dist/test/vm/*' -not -path 'dist/test/e2e/*' | sort) | $(SUMMARY)
 
 check: lint typecheck unit
 
 # Every test, including the ones that boot the appliance and the images it builds.
 test: build
-	$(TAP) $$(find dist/test -name '*.js' | sort)
+	$(TAP) $$($(TEST_FILES) | sort) | $(SUMMARY)
 
 vm-test: build
-	$(TAP) $$(find dist/test/vm dist/test/e2e -name '*.js' 2>/dev/null | sort)
+	$(TAP) $$($(TEST_FILES) \( -path 'dist/test/vm/*' -o -path 'dist/test/e2e/*' \) | sort) | $(SUMMARY)
 
 bench: build
 	node dist/bench/run.js
