@@ -289,7 +289,11 @@ t.test("the virtio-disk variant checks the device instead of creating a file", a
   const s = buildSetupScript(plan, { exportsFile: "/x" });
   t.match(s, /\[ -b \/dev\/disk\/by-id\/virtio-vmdib-image0 \]/);
   t.match(s, /blockdev --getsize64 \/dev\/disk\/by-id\/virtio-vmdib-image0\)" -lt 2147483648/);
-  t.match(s, /losetup --find --show --sizelimit 2147483648 -- \/dev\/disk\/by-id\/virtio-vmdib-image0/, "the loop device is the planned size");
+  t.match(
+    s,
+    /losetup --find --show --sizelimit 2147483648 -- \/dev\/disk\/by-id\/virtio-vmdib-image0/,
+    "the loop device is the planned size",
+  );
   t.notMatch(s, /truncate/);
   const gone = bash(["-c", s]);
   t.not(gone.status, 0, "a missing disk fails the setup");
