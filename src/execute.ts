@@ -2,8 +2,8 @@
 // device, converts the image on the host, and publishes outputs only on success. Owns the build's cleanup stack.
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { mkdir, open, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
+import { cp, mkdir, open, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import { Writable } from "node:stream";
 import type { BlockDeviceConfig } from "./blockdev/config.js";
 import { type BlockDevicePlan, planBlockDevice } from "./blockdev/graph.js";
@@ -12,7 +12,7 @@ import { imageSizeBytes, TiB } from "./blockdev/size.js";
 import { withCleanup } from "./cleanup.js";
 import type { BuildOptions, ImageType } from "./config.js";
 import { VmdibError } from "./errors.js";
-import { type BuildPlan, blockDeviceParams, GUEST_PATHS, type PlanOutput } from "./plan.js";
+import { type BuildPlan, blockDeviceParams, GUEST_PATHS, outputName, type PlanOutput } from "./plan.js";
 
 /** The helper VM as the executor uses it: run argv as root, streaming output; the exit code comes back. */
 export interface BuildMachine {
@@ -267,7 +267,8 @@ export async function executePlan(
     const treeCmds = treeOutputCommands(plan.outputs, GUEST_PATHS.targetRoot, GUEST_PATHS.out);
     if (treeCmds.length > 0)
       await runStep("tree-outputs", ["bash", "-c", `set -eu -o pipefail\n${treeCmds.join("\n")}`]);
-    await phase("unmount", "--all");
+    // Chroot mounts only: the block device's own mounts (DIB_MOUNTPOINTS, /boot/efi) are the umount script's.
+    await phase("unmount");
     await script("blockdev-umount", buildUmountScript(layout));
     vmStopped = true;
     await machine.stop();
@@ -312,6 +313,18 @@ async function publishOutputs(
       } else {
         await rename(join(workDir, "out", o.type), tmp);
       }
+    }
+    // The manifests element leaves <name>.d/ next to the image, as DIB does.
+    const manifests = join(workDir, "out", `${basename(outputName(options))}.d`);
+    if (
+      await stat(manifests).then(
+        (s) => s.isDirectory(),
+        () => false,
+      )
+    ) {
+      const final = resolve(deps.cwd, `${outputName(options)}.d`);
+      await rm(final, { recursive: true, force: true });
+      await cp(manifests, final, { recursive: true });
     }
     for (const s of staged) {
       await rename(s.tmp, s.final);
