@@ -17,6 +17,7 @@ import {
   kernelCmdlineFromConsole,
   parseQemuImgInfo,
   pickOvmf,
+  sshFailureText,
   sshFingerprint,
 } from "../src/vm/image-boot.js";
 
@@ -295,4 +296,13 @@ t.test("diagnoseConsole names the usual ways an image fails to boot", async (t) 
     diagnoseConsole("[FAILED] Failed to start \x1b[0;1;39mnetworking.service\x1b[0m - Raise network interfaces.\n"),
     ["systemd units failed: networking.service - Raise network interfaces."],
   );
+});
+
+t.test("sshFailureText explains the usual SSH failures", async (t) => {
+  t.match(
+    sshFailureText(new Error("Timed out while waiting for handshake")),
+    /sshd is not running.*dhcp-all-interfaces/,
+  );
+  t.match(sshFailureText(new Error("All configured authentication methods failed")), /DIB_DEV_USER_AUTHORIZED_KEYS/);
+  t.equal(sshFailureText(new Error("connect ECONNREFUSED 127.0.0.1:1")), "connect ECONNREFUSED 127.0.0.1:1");
 });

@@ -830,7 +830,9 @@ async function connectSsh(
     try {
       await new Promise<void>((res, rej) => {
         client.once("ready", () => res());
-        client.once("error", rej);
+        // on, not once: ssh2 can emit a second error (e.g. while the failed connection closes), and an error event
+        // without a listener would crash the controller. After the first, rej is a no-op.
+        client.on("error", rej);
         client.connect({
           host: "127.0.0.1",
           port,
@@ -885,6 +887,19 @@ function execCollect(client: SshClient, command: string, timeoutMs: number): Pro
       ch.end();
     });
   });
+}
+
+/** An SSH failure in words, with what it usually means for a freshly built image. */
+export function sshFailureText(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  if (/handshake|ECONNRESET|Connection lost/i.test(msg)) {
+    // QEMU's user networking accepts the TCP connection itself; only an SSH server in the guest sends a banner.
+    return `${msg} — nothing in the guest answered on port 22: sshd is not running, or the guest's network interface is not configured (no DHCP client: e.g. the dhcp-all-interfaces element)`;
+  }
+  if (/authentication methods failed/i.test(msg)) {
+    return `${msg} — the user or key is not what the image has (devuser: DIB_DEV_USER_USERNAME, DIB_DEV_USER_AUTHORIZED_KEYS)`;
+  }
+  return msg;
 }
 
 /** SSH credentials: a private key's text, or a password. */
@@ -1022,14 +1037,7 @@ export async function testImage(opts: ImageTestOptions): Promise<ImageTestReport
           if (source) mounted = { source, label };
         } catch (err) {
           if (opts.signal?.aborted) throw err;
-          checks.set(
-            "ssh",
-            check(
-              "ssh",
-              "fail",
-              `${opts.user}@127.0.0.1:${r.spec.sshPort}: ${err instanceof Error ? err.message : String(err)}`,
-            ),
-          );
+          checks.set("ssh", check("ssh", "fail", `${opts.user}@127.0.0.1:${r.spec.sshPort}: ${sshFailureText(err)}`));
         }
       }
       ssh = { user: opts.user, port: r.spec.sshPort, hostKey, seconds: sshSeconds, commands };
