@@ -30,21 +30,24 @@ export function buildEnvFile(plan: BuildPlan, overrides: Readonly<Record<string,
 }
 
 /**
- * DIB_* settings that name a file or directory of the host (DIB_DEV_USER_AUTHORIZED_KEYS, DIB_LOCAL_IMAGE, ...) are
- * read by element scripts that run in the guest: copy each into the work dir and point the variable at the copy.
+ * DIB_* settings that name a file of the host (DIB_DEV_USER_AUTHORIZED_KEYS, DIB_LOCAL_IMAGE, ...) are read by
+ * element scripts that run in the guest: copy each such file into the work dir and point the variable at the copy.
+ * Only regular files: a setting such as DIB_MOUNTPOINTS=/ names a path in the image, not something to copy.
  */
 async function copyHostFiles(env: Readonly<Record<string, string>>, dir: string): Promise<Record<string, string>> {
   const rewritten: Record<string, string> = {};
   for (const [name, value] of Object.entries(env)) {
     if (!name.startsWith("DIB_") || !isAbsolute(value)) continue;
-    const kind = await stat(value).then(
-      (s) => (s.isFile() || s.isDirectory() ? "copy" : undefined),
-      () => undefined,
-    );
-    if (!kind) continue;
-    const target = join(dir, "host-files", name, basename(value) || "root");
-    await cp(value, target, { recursive: true, verbatimSymlinks: true });
-    rewritten[name] = `${GUEST_PATHS.work}/host-files/${name}/${basename(target)}`;
+    if (
+      !(await stat(value).then(
+        (s) => s.isFile(),
+        () => false,
+      ))
+    )
+      continue;
+    await mkdir(join(dir, "host-files", name), { recursive: true });
+    await cp(value, join(dir, "host-files", name, basename(value)));
+    rewritten[name] = `${GUEST_PATHS.work}/host-files/${name}/${basename(value)}`;
   }
   return rewritten;
 }

@@ -32,7 +32,12 @@ t.test("makeWorkDir merges hooks, links elements to their guest shares, copies t
       { name: "b", path: b, guestPath: "/vmdib/elements/0/b" },
     ],
     environment: {
-      common: { IMAGE_ELEMENT: "a b", DIB_DEV_USER_AUTHORIZED_KEYS: join(root, "keys.pub"), DIB_X: "/nonexistent" },
+      common: {
+        IMAGE_ELEMENT: "a b",
+        DIB_DEV_USER_AUTHORIZED_KEYS: join(root, "keys.pub"),
+        DIB_X: "/nonexistent",
+        DIB_MOUNTPOINTS: "/",
+      },
       files: [],
     },
   } as unknown as BuildPlan;
@@ -58,4 +63,5 @@ t.test("makeWorkDir merges hooks, links elements to their guest shares, copies t
     "ssh-ed25519 AAAA test\n",
   );
   t.match(env, /export DIB_X='\/nonexistent'/, "paths that do not exist are left alone");
+  t.match(env, /export DIB_MOUNTPOINTS='\/'/, "directories are never copied");
 });
