@@ -1,7 +1,7 @@
 // Tests for src/rootfs/debootstrap.ts: debootstrap's package selection on fixture indexes, the guest contract
 // (inputs string, paths), the stage-one tar writer on fixture .debs, and 08-debootstrap's side of the contract.
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
@@ -186,6 +186,7 @@ function makeDeb(entries: Partial<TarEntry>[]): Buffer {
 
 t.test("writeStage1Tar: what debootstrap --foreign leaves, root-owned, merged /usr", async (t) => {
   const dir = mkdtempSync(join(tmpdir(), "vmdib-stage1-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const deb = (name: string, entries: Partial<TarEntry>[], version = "1.0"): FetchedDeb => {
     const path = join(dir, `${name}.deb`);
     writeFileSync(path, makeDeb(entries));
@@ -303,6 +304,7 @@ const noDebootstrap = existsSync("/usr/share/debootstrap/scripts/bookworm") ? fa
 t.test("08-debootstrap rebuilds the same inputs string and refuses a mismatch", { skip: noDebootstrap }, async (t) => {
   const script = join(PACKAGE_ROOT, "elements/debootstrap/root.d/08-debootstrap");
   const dir = mkdtempSync(join(tmpdir(), "vmdib-stage1-sh-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const tarball = join(dir, "s.tar");
   writeFileSync(tarball, "");
   const inputs = stage1InputsString({

@@ -1,6 +1,6 @@
 // Tests src/vm/ready.ts without a VM: the console tail keeps what matters and drops kernel stack dumps; a missing
 // log reads as empty.
-import { writeFile } from "node:fs/promises";
+import { rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
@@ -34,6 +34,7 @@ t.test("condenseConsole keeps init's messages and the panic line, drops the dump
 
 t.test("tailFile strips control characters and returns the last lines; missing file → []", async (t) => {
   const f = join(tmpdir(), `vmdib-tail-${process.pid}.log`);
+  t.teardown(() => rm(f, { force: true }));
   await writeFile(f, `one\n\x1b[2Jtwo\r\n\nthree\x07\n${panic}`);
   const tail = await tailFile(f, 4);
   t.same(tail, [
