@@ -12,7 +12,7 @@ import { CleanupStack } from "../cleanup.js";
 import { UsageError, VmdibError } from "../errors.js";
 import { cacheDir } from "../paths.js";
 import { type AccelVerdict, chooseAccel, findQemu, hostCpus, type QemuInfo } from "./probe.js";
-import { type Accel, accelArgv, type HostFacts, qemuOptValue } from "./qemu.js";
+import { type Accel, type HostFacts, machineArgv, qemuOptValue } from "./qemu.js";
 import { describeExit, type QemuExit, tailFile } from "./ready.js";
 
 // ssh2 is CommonJS: its named exports are only reachable through the default export under ESM.
@@ -131,24 +131,7 @@ export function imageBootArgv(spec: ImageBootSpec, host: HostFacts): string[] {
         // report's tail.
         `stdio,id=con0,signal=off,logfile=${qemuOptValue(spec.serialLog)}`;
   const argv: string[] = [
-    // Ignore /etc/qemu and friends: the boot must not depend on host configuration.
-    "-no-user-config",
-    // No default devices (VGA, floppy, default serial and monitor): only what is added below exists.
-    "-nodefaults",
-    // No window: the serial console is the only console.
-    "-display",
-    "none",
-    // q35: modern PCIe machine with AHCI and pflash for OVMF; what the images are built for.
-    "-machine",
-    "q35",
-    ...accelArgv(host.accel),
-    "-smp",
-    String(spec.cpus ?? host.cpus),
-    "-m",
-    String(spec.memoryMiB),
-    // A reboot ends QEMU: a guest that panics (panic= on its command line) or reboots in a loop stops the run
-    // instead of booting again and again.
-    "-no-reboot",
+    ...machineArgv(host, spec.cpus ?? host.cpus, spec.memoryMiB),
     "-chardev",
     serial,
     "-serial",

@@ -133,28 +133,37 @@ export function guestConfigText(
   return `${lines.join("\n")}\n`;
 }
 
-/** The appliance VM's argv (without the QEMU binary). */
-export function qemuArgv(spec: MachineSpec, host: HostFacts): string[] {
-  checkSpec(spec);
-  const argv: string[] = [
+/**
+ * What every VM vmdib starts has in common (the appliance, and images under `vmdib boot`/`vmdib test`): no host
+ * configuration, no default devices, no window, q35, the accelerator, CPUs, memory, and a reboot ends QEMU.
+ */
+export function machineArgv(host: Pick<HostFacts, "accel">, cpus: number, memoryMiB: number): string[] {
+  return [
     // Ignore /etc/qemu and friends: the VM must not depend on host configuration.
     "-no-user-config",
-    // No default devices (VGA, floppy, parallel, default serial/monitor on stdio): only what we add below exists,
-    // and stdio stays free for the lifeline.
+    // No default devices (VGA, floppy, parallel, default serial/monitor on stdio): only what the caller adds exists.
     "-nodefaults",
     // No window, and unlike -nographic no implicit serial/monitor on stdio.
     "-display",
     "none",
-    // q35: modern PCIe machine. (`microvm` would boot faster but hung in 2 of 6 TCG boots here.)
+    // q35: modern PCIe machine, with pflash for OVMF. (`microvm` would boot faster but hung in 2 of 6 TCG boots.)
     "-machine",
     "q35",
     ...accelArgv(host.accel),
     "-smp",
-    String(spec.cpus ?? host.cpus),
+    String(cpus),
     "-m",
-    String(spec.memoryMiB),
-    // A reboot (which is what kernel panic=-1 does) ends QEMU instead of starting the guest again.
+    String(memoryMiB),
+    // A reboot (which is what kernel panic=-1 does) ends QEMU instead of starting the guest again and again.
     "-no-reboot",
+  ];
+}
+
+/** The appliance VM's argv (without the QEMU binary). */
+export function qemuArgv(spec: MachineSpec, host: HostFacts): string[] {
+  checkSpec(spec);
+  const argv: string[] = [
+    ...machineArgv(host, spec.cpus ?? host.cpus, spec.memoryMiB),
     "-kernel",
     spec.kernel,
     "-initrd",
