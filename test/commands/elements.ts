@@ -1,36 +1,15 @@
 // Tests for src/commands/elements.ts: `vmdib elements` output, flags, and errors rendered by the CLI with exit 2.
 import { join } from "node:path";
-import { PassThrough, Writable } from "node:stream";
 import t from "tap";
-import { main } from "../../src/cli.js";
 import { parseElementsArgs } from "../../src/commands/elements.js";
 import { PACKAGE_ROOT } from "../../src/paths.js";
+import { vmdib as run } from "../helpers/cli.js";
 
 const FIXTURES = join(PACKAGE_ROOT, "test", "fixtures", "elements");
 const A = join(FIXTURES, "path-a");
 const B = join(FIXTURES, "path-b");
 
-class Capture extends Writable {
-  text = "";
-  override _write(chunk: Buffer, _enc: BufferEncoding, done: () => void): void {
-    this.text += chunk.toString();
-    done();
-  }
-}
-
-async function vmdib(args: string[], env: NodeJS.ProcessEnv = {}, cwd = FIXTURES) {
-  const stdout = new Capture();
-  const stderr = new Capture();
-  const code = await main(["elements", ...args], {
-    env,
-    cwd,
-    stdin: new PassThrough(),
-    stdout,
-    stderr,
-    signal: new AbortController().signal,
-  });
-  return { code, stdout: stdout.text, stderr: stderr.text };
-}
+const vmdib = (args: string[], env: NodeJS.ProcessEnv = {}, cwd = FIXTURES) => run(["elements", ...args], env, cwd);
 
 t.test("parseElementsArgs", async (t) => {
   t.same(parseElementsArgs(["-n", "vm", "--env", "-a", "arm64", "x"]), {
