@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { basename, isAbsolute, join } from "node:path";
 import { GUEST_DIR } from "./paths.js";
 import { type BuildPlan, GUEST_PATHS } from "./plan.js";
+import { shellQuote } from "./shell.js";
 
 /** Top-level entries of an element that DIB's generate_hooks does not copy into the hook tree. */
 const NOT_COPIED = new Set(["tests", "__pycache__"]);
@@ -12,7 +13,7 @@ const NOT_COPIED = new Set(["tests", "__pycache__"]);
 /** `export NAME='value'` with single-quote escaping: values are data, never evaluated by the guest's shell. */
 export function exportLine(name: string, value: string): string {
   if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) throw new Error(`not a variable name: ${JSON.stringify(name)}`);
-  return `export ${name}='${value.replaceAll("'", `'\\''`)}'`;
+  return `export ${name}=${shellQuote(value)}`;
 }
 
 /** The env file run-phase sources first: the plan's common environment plus the guest's fixed paths. */

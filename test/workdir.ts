@@ -51,17 +51,17 @@ t.test("makeWorkDir merges hooks, links elements to their guest shares, copies t
   t.equal(await readlink(join(dir, "elements", "a")), "/vmdib/elements/0/a");
   t.ok(await stat(join(dir, "dib", "run-phase")));
   t.match(await readFile(join(dir, "env"), "utf8"), /export IMAGE_ELEMENT='a b'/);
-  t.match(buildEnvFile(plan), /export TMP_BUILD_DIR='\/vmdib\/build'/);
+  t.match(buildEnvFile(plan), /export TMP_BUILD_DIR=\/vmdib\/build\n/);
   const env = await readFile(join(dir, "env"), "utf8");
   t.match(
     env,
-    /export DIB_DEV_USER_AUTHORIZED_KEYS='\/vmdib\/work\/host-files\/DIB_DEV_USER_AUTHORIZED_KEYS\/keys.pub'/,
+    /export DIB_DEV_USER_AUTHORIZED_KEYS=\/vmdib\/work\/host-files\/DIB_DEV_USER_AUTHORIZED_KEYS\/keys.pub\n/,
     "a host file named by a DIB_* setting is copied and the setting points at the copy",
   );
   t.equal(
     await readFile(join(dir, "host-files", "DIB_DEV_USER_AUTHORIZED_KEYS", "keys.pub"), "utf8"),
     "ssh-ed25519 AAAA test\n",
   );
-  t.match(env, /export DIB_X='\/nonexistent'/, "paths that do not exist are left alone");
-  t.match(env, /export DIB_MOUNTPOINTS='\/'/, "directories are never copied");
+  t.match(env, /export DIB_X=\/nonexistent\n/, "paths that do not exist are left alone");
+  t.match(env, /export DIB_MOUNTPOINTS=\/\n/, "directories are never copied");
 });

@@ -1,24 +1,11 @@
 // Bash for the block-device plan (pure): the setup script run as root in the appliance (attach, partition, LVM,
 // mkfs, mount, exports), the fstab text, and the two ways back (strict umount on success, best-effort cleanup).
+import { shellJoin, shellQuote } from "../shell.js";
 import type { BlockDevicePlan, DiskPlan, FilesystemPlan, MountPlan, PartitionTablePlan } from "./graph.js";
-
-/**
- * The one quoting helper: a bash word that expands to exactly `s`, whatever it contains (labels, paths and
- * names come from users). Safe-looking words stay bare for readability; everything else is single-quoted.
- */
-export function shellQuote(s: string): string {
-  if (s.includes("\0")) throw new RangeError("a NUL byte cannot be passed through a shell");
-  if (/^[A-Za-z0-9_/.,:=@%+-]+$/.test(s)) return s;
-  return `'${s.replaceAll("'", `'\\''`)}'`;
-}
 
 /** `"${DEV['name']}"`: the device of a named node, filled in by the setup script as it creates it. */
 function dev(name: string): string {
   return `"\${DEV[${shellQuote(name)}]}"`;
-}
-
-function words(args: readonly string[]): string {
-  return args.map(shellQuote).join(" ");
 }
 
 function header(plan: BlockDevicePlan, what: string): string[] {
@@ -97,15 +84,15 @@ export function buildSetupScript(plan: BlockDevicePlan, opts: SetupScriptOptions
         out.push(`# lvm ${oneLine(lvm.name)}: physical volumes, volume groups, logical volumes (DIB's argument order)`);
         const pvDev = new Map(lvm.pvs.map((pv) => [pv.name, dev(pv.base)]));
         for (const pv of lvm.pvs)
-          out.push(`pvcreate ${dev(pv.base)}${pv.options.length ? ` ${words(pv.options)}` : ""}`);
+          out.push(`pvcreate ${dev(pv.base)}${pv.options.length ? ` ${shellJoin(pv.options)}` : ""}`);
         for (const vg of lvm.vgs) {
           const devs = vg.pvs.map((p) => pvDev.get(p) as string).join(" ");
-          out.push(`vgcreate ${shellQuote(vg.name)} ${devs}${vg.options.length ? ` ${words(vg.options)}` : ""}`);
+          out.push(`vgcreate ${shellQuote(vg.name)} ${devs}${vg.options.length ? ` ${shellJoin(vg.options)}` : ""}`);
         }
         for (const lv of lvm.lvs) {
           const size = lv.size !== undefined ? `-L ${shellQuote(lv.size)}` : `-l ${shellQuote(lv.extents ?? "")}`;
           out.push(
-            `lvcreate --name ${shellQuote(lv.name)} ${size}${lv.options.length ? ` ${words(lv.options)}` : ""} ${shellQuote(lv.vg)}`,
+            `lvcreate --name ${shellQuote(lv.name)} ${size}${lv.options.length ? ` ${shellJoin(lv.options)}` : ""} ${shellQuote(lv.vg)}`,
           );
           if (lv.device.kind === "lv") {
             // device-mapper doubles dashes inside VG and LV names
@@ -216,7 +203,7 @@ export function mkfsArgv(fs: FilesystemPlan): string[] {
 function mkfsLines(fs: FilesystemPlan): string[] {
   return [
     `# mkfs ${oneLine(fs.name)}: ${fs.type}, label ${oneLine(fs.label)}`,
-    `${words(mkfsArgv(fs))} ${dev(fs.base)}`,
+    `${shellJoin(mkfsArgv(fs))} ${dev(fs.base)}`,
   ];
 }
 

@@ -10,11 +10,12 @@ import getPort from "get-port";
 import { CleanupStack } from "../cleanup.js";
 import { VmdibError } from "../errors.js";
 import { cacheDir } from "../paths.js";
+import { shellJoin } from "../shell.js";
 import type { AccelVerdict, QemuInfo } from "./probe.js";
 import { hostCpus } from "./probe.js";
 import { type Disk, guestConfigText, type MachineSpec, qemuArgv, type Share } from "./qemu.js";
 import { describeExit, type QemuExit, tailFile, waitForReady } from "./ready.js";
-import { ConnectionLost, type ExecOptions, generateKeys, type ShellOptions, SshSession, shellQuote } from "./ssh.js";
+import { ConnectionLost, type ExecOptions, generateKeys, type ShellOptions, SshSession } from "./ssh.js";
 
 /** The appliance's boot files, from ensureAppliance(). */
 export interface ApplianceFiles {
@@ -443,7 +444,7 @@ function makeMachine(p: MachineParts): Machine {
     guestUptimeAtReady: p.guestUptimeAtReady,
     exited: p.exited,
     async exec(command, opts = {}) {
-      const line = typeof command === "string" ? command : shellQuote(command);
+      const line = typeof command === "string" ? command : shellJoin(command);
       try {
         return exitCodeOf(await p.ssh.exec(line, opts));
       } catch (err) {

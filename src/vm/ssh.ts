@@ -37,11 +37,6 @@ function publicBlob(publicKey: string): Buffer {
   return key.getPublicSSH();
 }
 
-/** Quote argv words for the remote POSIX shell so each reaches the command unchanged. */
-export function shellQuote(args: readonly string[]): string {
-  return args.map((a) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", `'\\''`)}'`)).join(" ");
-}
-
 /** The remote command ended: its exit code, or the signal that killed it. */
 export interface ExitStatus {
   readonly code: number | null;

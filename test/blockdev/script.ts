@@ -13,10 +13,10 @@ import {
   buildUmountScript,
   mkfsArgv,
   sfdiskScript,
-  shellQuote,
 } from "../../src/blockdev/script.js";
 import { GiB } from "../../src/blockdev/size.js";
 import { PACKAGE_ROOT } from "../../src/paths.js";
+import { shellQuote } from "../../src/shell.js";
 
 const DIB_ELEMENTS = "/usr/lib/python3/dist-packages/diskimage_builder/elements";
 const SNAPSHOTS = join(PACKAGE_ROOT, "test", "fixtures", "blockdev");

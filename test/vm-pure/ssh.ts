@@ -1,7 +1,8 @@
 // Tests src/vm/ssh.ts without a VM: shell quoting of argv, and fresh distinct ed25519 keys in OpenSSH format.
 import { spawnSync } from "node:child_process";
 import t from "tap";
-import { generateKeys, shellQuote } from "../../src/vm/ssh.js";
+import { shellJoin as shellQuote } from "../../src/shell.js";
+import { generateKeys } from "../../src/vm/ssh.js";
 
 t.test("shellQuote: each word reaches the command unchanged through sh -c", async (t) => {
   const words = ["printf", "%s|", "a b", "it's", "$(id)", "`x`", "semi;colon", "new\nline", "", "plain-word_1.0"];

@@ -5,8 +5,9 @@ import { join } from "node:path";
 import t from "tap";
 import { parseBlockDeviceConfig } from "../../src/blockdev/config.js";
 import { planBlockDevice } from "../../src/blockdev/graph.js";
-import { buildCleanupScript, buildSetupScript, buildUmountScript, shellQuote } from "../../src/blockdev/script.js";
+import { buildCleanupScript, buildSetupScript, buildUmountScript } from "../../src/blockdev/script.js";
 import { MiB } from "../../src/blockdev/size.js";
+import { shellQuote } from "../../src/shell.js";
 import type { Machine } from "../../src/vm/machine.js";
 import { bootMachine, collector, tempDir } from "./helpers.js";
 
