@@ -1,6 +1,6 @@
 // Fast end to end: the real CLI builds the tiny-os fixture (every phase, block device, outputs) in the helper VM,
 // and the host checks what came out — partition table, filesystem label, files written by element scripts.
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -17,7 +17,7 @@ t.test("tiny-os builds to qcow2, raw and tar; the image holds what the elements 
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const run = await execa(
     VMDIB,
-    ["build", "-n", "-o", "out/tiny", "-t", "qcow2,tar,raw", "--checksum", "tiny-os", "block-device-mbr"],
+    ["build", "-n", "-o", "out/tiny", "-t", "qcow2,tar,raw", "--checksum", "tiny-os", "block-device-mbr", "manifests"],
     { cwd: dir, env: { ELEMENTS_PATH: ELEMENTS }, reject: false, all: true },
   );
   t.equal(run.exitCode, 0, run.all?.split("\n").slice(-30).join("\n"));
@@ -43,7 +43,7 @@ t.test("tiny-os builds to qcow2, raw and tar; the image holds what the elements 
   t.match(blkid, /LABEL=cloudimg-rootfs/);
   t.match(blkid, /TYPE=ext4/);
   const marker = (await execa("debugfs", ["-R", "cat /etc/vmdib-tiny", part], { env: { PATH } })).stdout;
-  t.match(marker, /element=block-device-mbr tiny-os/, "install.d ran in the chroot with IMAGE_ELEMENT");
+  t.match(marker, /element=block-device-mbr manifests tiny-os/, "install.d ran in the chroot with IMAGE_ELEMENT");
   t.match(marker, /label=cloudimg-rootfs/, "DIB_ROOT_LABEL was known before root.d");
   const fstab = (await execa("debugfs", ["-R", "cat /etc/vmdib-tiny-fstab", part], { env: { PATH } })).stdout;
   t.match(fstab, /^LABEL=cloudimg-rootfs \/ ext4 /m, "finalise.d saw the fstab, by label");
@@ -54,6 +54,9 @@ t.test("tiny-os builds to qcow2, raw and tar; the image holds what the elements 
     tar.some((p) => p.startsWith("./proc/")),
     "no /proc contents",
   );
+
+  const manifests = await readdir(join(dir, "out", "tiny.d", "dib-manifests"));
+  t.ok(manifests.includes("dib_arguments"), "the manifests directory is published next to the image, as in DIB");
 
   const sum = (await readFile(join(dir, "out", "tiny.qcow2.sha256"), "utf8")).split(" ")[0];
   const real = (await execa("sha256sum", [join(dir, "out", "tiny.qcow2")])).stdout.split(" ")[0];
