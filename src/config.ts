@@ -1,6 +1,8 @@
 // One SETTINGS table for `vmdib build`: flag, DIB environment variable, parser, default and help → frozen options.
 import { parseImageSizeFlag } from "./blockdev/size.js";
 import { UsageError } from "./errors.js";
+import { parseAccel } from "./vm/probe.js";
+import type { Accel } from "./vm/qemu.js";
 
 /** Output formats `-t` accepts, as disk-image-create names them. */
 export const IMAGE_TYPES = [
@@ -18,9 +20,6 @@ export const IMAGE_TYPES = [
   "docker",
 ] as const;
 export type ImageType = (typeof IMAGE_TYPES)[number];
-
-export const ACCELERATORS = ["kvm", "hvf", "tcg"] as const;
-export type Accelerator = (typeof ACCELERATORS)[number];
 
 /** The parsed, validated options of one build. Every field comes from a SETTINGS row or the positional elements. */
 export interface BuildOptions {
@@ -54,7 +53,7 @@ export interface BuildOptions {
   readonly elementsPath: readonly string[];
   readonly dryRun: boolean;
   readonly json: boolean;
-  readonly accel: Accelerator | undefined;
+  readonly accel: Accel | undefined;
   readonly noCache: boolean;
   readonly memoryMb: number;
   readonly help: boolean;
@@ -112,13 +111,6 @@ function imageType(raw: string, where: string): ImageType {
     throw `${where}: unknown image type '${t}' (known: ${IMAGE_TYPES.join(", ")})`;
   }
   return t as ImageType;
-}
-
-function accelerator(raw: string, where: string): Accelerator {
-  if (!(ACCELERATORS as readonly string[]).includes(raw)) {
-    throw `${where}: unknown accelerator '${raw}' (choose one of ${ACCELERATORS.join(", ")})`;
-  }
-  return raw as Accelerator;
 }
 
 function nonEmpty(raw: string, where: string): string {
@@ -386,7 +378,7 @@ export const SETTINGS = [
     kind: "value",
     metavar: "kvm|hvf|tcg",
     help: "accelerator for the helper VM (default: probed)",
-    parse: accelerator,
+    parse: parseAccel,
     default: undefined,
   }),
   row({

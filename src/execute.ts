@@ -19,13 +19,13 @@ export interface BuildMachine {
   exec(argv: readonly string[], io: { stdout: Writable; stderr: Writable; signal?: AbortSignal }): Promise<number>;
 }
 
-/** Progress the CLI renders (a line per event on a pipe, a status line on a terminal, JSON with --json). */
+/** Progress the CLI renders: a timestamped line per event, or one JSON object per event with --json. */
 export type BuildEvent =
   | { readonly type: "step-start"; readonly step: string; readonly where: string }
   | { readonly type: "step-end"; readonly step: string; readonly seconds: number; readonly ok: boolean }
   | { readonly type: "output"; readonly step: string; readonly stream: "stdout" | "stderr"; readonly line: string }
   | { readonly type: "info"; readonly message: string }
-  | { readonly type: "artifact"; readonly path: string; readonly type_: ImageType; readonly bytes: number };
+  | { readonly type: "artifact"; readonly path: string; readonly format: ImageType; readonly bytes: number };
 
 export interface ExecuteDeps {
   /** Boots the helper VM with the work dir, element shares and the image disk attached. */
@@ -333,7 +333,7 @@ async function publishOutputs(
         await writeFile(`${s.final}.md5`, `${await sha(s.final, "md5")}  ${o.path.split("/").pop()}\n`);
         await writeFile(`${s.final}.sha256`, `${await sha(s.final, "sha256")}  ${o.path.split("/").pop()}\n`);
       }
-      deps.onEvent({ type: "artifact", path: s.final, type_: s.type, bytes: (await stat(s.final)).size });
+      deps.onEvent({ type: "artifact", path: s.final, format: s.type, bytes: (await stat(s.final)).size });
     }
     return staged.map((s) => s.final);
   } finally {

@@ -211,7 +211,7 @@ function eventRenderer(ctx: CommandContext, options: BuildOptions): (e: BuildEve
         line = e.message;
         break;
       case "artifact":
-        line = `wrote ${e.path} (${e.type_}, ${(e.bytes / 1024 ** 2).toFixed(1)} MiB)`;
+        line = `wrote ${e.path} (${e.format}, ${(e.bytes / 1024 ** 2).toFixed(1)} MiB)`;
         break;
     }
     ctx.stdout.write(`${stamp()} | ${line}\n`);
