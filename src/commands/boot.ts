@@ -7,6 +7,7 @@ import { bootImage } from "../vm/image-boot.js";
 import { parseAccel } from "../vm/probe.js";
 import type { Accel } from "../vm/qemu.js";
 import type { Command } from "./context.js";
+import { positiveInt } from "./run.js";
 
 export const BOOT_HELP = `usage: vmdib boot [options] IMAGE
 
@@ -31,14 +32,6 @@ export interface ImageCommandOptions {
   cpus?: number;
   accel?: Accel;
   verbose: boolean;
-}
-
-export function positiveInt(flag: string, value: string | undefined): number {
-  const n = Number(value);
-  if (value === undefined || !Number.isInteger(n) || n <= 0) {
-    throw new UsageError(`${flag} needs a positive whole number, not '${value ?? ""}'`);
-  }
-  return n;
 }
 
 /**

@@ -34,7 +34,8 @@ export interface VmOptions {
   verbose: boolean;
 }
 
-function positiveInt(flag: string, value: string | undefined): number {
+/** A flag's value as a positive whole number (memory, CPUs, timeouts), or a UsageError naming the flag. */
+export function positiveInt(flag: string, value: string | undefined): number {
   const n = Number(value);
   if (value === undefined || !Number.isInteger(n) || n <= 0) {
     throw new UsageError(`${flag} needs a positive whole number, not '${value ?? ""}'`);

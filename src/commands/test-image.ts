@@ -4,8 +4,9 @@ import { resolve } from "node:path";
 import { UsageError } from "../errors.js";
 import { type CheckStatus, DEFAULT_TEST_TIMEOUT_MS, type ImageTestReport, testImage } from "../vm/image-boot.js";
 import type { Accel } from "../vm/qemu.js";
-import { parseImageArgs, positiveInt } from "./boot.js";
+import { parseImageArgs } from "./boot.js";
 import type { Command } from "./context.js";
+import { positiveInt } from "./run.js";
 
 export const TEST_HELP = `usage: vmdib test [options] IMAGE
 
