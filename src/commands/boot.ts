@@ -4,10 +4,8 @@ import { constants as osc } from "node:os";
 import { resolve } from "node:path";
 import { UsageError } from "../errors.js";
 import { bootImage } from "../vm/image-boot.js";
-import { parseAccel } from "../vm/probe.js";
-import type { Accel } from "../vm/qemu.js";
 import type { Command } from "./context.js";
-import { positiveInt } from "./run.js";
+import { type VmFlags, walkFlags } from "./vm-flags.js";
 
 export const BOOT_HELP = `usage: vmdib boot [options] IMAGE
 
@@ -25,18 +23,14 @@ options:
 `;
 
 /** Options `vmdib boot` and `vmdib test` share. */
-export interface ImageCommandOptions {
+export interface ImageCommandOptions extends VmFlags {
   image?: string;
   uefi: boolean;
-  memoryMiB?: number;
-  cpus?: number;
-  accel?: Accel;
-  verbose: boolean;
 }
 
 /**
- * Parse `[options] IMAGE`: the shared options, and `extra(flag, value)` for a command's own (returns false for
- * an unknown flag). Options may come before or after IMAGE; `--flag=value` and `--flag value` both work.
+ * Parse `[options] IMAGE`: the shared VM flags, --uefi, and `extra(flag, value)` for a command's own (returns false
+ * for an unknown flag). Options may come before or after IMAGE; `--flag=value` and `--flag value` both work.
  */
 export function parseImageArgs(
   args: readonly string[],
@@ -45,47 +39,25 @@ export function parseImageArgs(
   extra: (flag: string, value: () => string) => boolean = () => false,
 ): ImageCommandOptions {
   const options: ImageCommandOptions = { uefi: false, verbose: false };
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] as string;
-    if (!a.startsWith("-") || a === "-") {
-      if (options.image !== undefined) {
-        throw new UsageError(`unexpected argument '${a}'`, { hint: `vmdib ${command} takes one IMAGE` });
-      }
-      options.image = resolve(cwd, a);
-      continue;
+  const take = (word: string) => {
+    if (options.image !== undefined) {
+      throw new UsageError(`unexpected argument '${word}'`, { hint: `vmdib ${command} takes one IMAGE` });
     }
-    const eq = a.startsWith("--") ? a.indexOf("=") : -1;
-    const [flag, inline] = eq > 0 ? [a.slice(0, eq), a.slice(eq + 1)] : [a, undefined];
-    const value = () => {
-      if (inline !== undefined) return inline;
-      i++;
-      const v = args[i];
-      if (v === undefined) throw new UsageError(`${flag} needs a value`);
-      return v;
-    };
-    switch (flag) {
-      case "--uefi":
-        options.uefi = true;
-        break;
-      case "--memory":
-        options.memoryMiB = positiveInt(flag, value());
-        break;
-      case "--cpus":
-        options.cpus = positiveInt(flag, value());
-        break;
-      case "--accel":
-        options.accel = parseAccel(value());
-        break;
-      case "-v":
-      case "--verbose":
-        options.verbose = true;
-        break;
-      default:
-        if (!extra(flag, value)) {
-          throw new UsageError(`unknown option '${a}'`, { hint: `run \`vmdib ${command} --help\`` });
-        }
-    }
-  }
+    options.image = resolve(cwd, word);
+    return "take" as const;
+  };
+  const rest = walkFlags(args, {
+    command,
+    vm: options,
+    word: take,
+    flag: (flag, value) => {
+      if (flag !== "--uefi") return extra(flag, value);
+      options.uefi = true;
+      return true;
+    },
+  });
+  // After `--` every word is positional, even one that starts with '-'.
+  for (const word of rest) take(word);
   if (options.image === undefined) {
     throw new UsageError("no IMAGE given", { hint: `vmdib ${command} [options] IMAGE, e.g. out/debian.qcow2` });
   }

@@ -4,10 +4,10 @@ import { resolve } from "node:path";
 import { UsageError } from "../errors.js";
 import { ensureAppliance } from "../vm/appliance/index.js";
 import { bootKernel, type DiskRequest, type Machine, type ShareRequest, startAppliance } from "../vm/machine.js";
-import { chooseAccel, findQemu, parseAccel } from "../vm/probe.js";
-import type { Accel } from "../vm/qemu.js";
+import { chooseAccel, findQemu } from "../vm/probe.js";
 import { formatEvent } from "./appliance.js";
 import type { Command, CommandContext } from "./context.js";
+import { type VmFlags, walkFlags } from "./vm-flags.js";
 
 export const RUN_HELP = `usage: vmdib run [options] -- COMMAND [ARG...]
 
@@ -23,24 +23,11 @@ options:
   -v, --verbose         say what happens (appliance, accelerator, boot time) on stderr
 `;
 
-export interface VmOptions {
-  accel?: Accel;
-  memoryMiB?: number;
-  cpus?: number;
+export interface VmOptions extends VmFlags {
   shares: ShareRequest[];
   /** Host files attached as virtio disks (the build's image disk). */
   disks?: DiskRequest[];
   offline: boolean;
-  verbose: boolean;
-}
-
-/** A flag's value as a positive whole number (memory, CPUs, timeouts), or a UsageError naming the flag. */
-export function positiveInt(flag: string, value: string | undefined): number {
-  const n = Number(value);
-  if (value === undefined || !Number.isInteger(n) || n <= 0) {
-    throw new UsageError(`${flag} needs a positive whole number, not '${value ?? ""}'`);
-  }
-  return n;
 }
 
 function parseShare(value: string | undefined, cwd: string): ShareRequest {
@@ -57,49 +44,18 @@ function parseShare(value: string | undefined, cwd: string): ShareRequest {
  */
 export function parseVmArgs(args: readonly string[], cwd: string): { options: VmOptions; command: string[] } {
   const options: VmOptions = { shares: [], offline: false, verbose: false };
-  let i = 0;
-  for (; i < args.length; i++) {
-    const a = args[i] as string;
-    if (a === "--") {
-      i++;
-      break;
-    }
-    if (!a.startsWith("-")) break;
-    const [flag, inline] =
-      a.startsWith("--") && a.includes("=")
-        ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)]
-        : [a, undefined];
-    const value = () => {
-      if (inline !== undefined) return inline;
-      i++;
-      if (i >= args.length) throw new UsageError(`${flag} needs a value`);
-      return args[i];
-    };
-    switch (flag) {
-      case "--accel":
-        options.accel = parseAccel(value() ?? "");
-        break;
-      case "--memory":
-        options.memoryMiB = positiveInt(flag, value());
-        break;
-      case "--cpus":
-        options.cpus = positiveInt(flag, value());
-        break;
-      case "--share":
-        options.shares.push(parseShare(value(), cwd));
-        break;
-      case "--offline":
-        options.offline = true;
-        break;
-      case "-v":
-      case "--verbose":
-        options.verbose = true;
-        break;
-      default:
-        throw new UsageError(`unknown option '${a}'`, { hint: "run `vmdib run --help`" });
-    }
-  }
-  return { options, command: args.slice(i) };
+  const command = walkFlags(args, {
+    command: "run",
+    vm: options,
+    word: () => "stop",
+    flag: (flag, value) => {
+      if (flag === "--share") options.shares.push(parseShare(value(), cwd));
+      else if (flag === "--offline") options.offline = true;
+      else return false;
+      return true;
+    },
+  });
+  return { options, command };
 }
 
 /** Appliance → QEMU → accelerator → booted machine, reporting progress on stderr when verbose. */

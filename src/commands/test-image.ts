@@ -3,10 +3,9 @@
 import { resolve } from "node:path";
 import { UsageError } from "../errors.js";
 import { type CheckStatus, DEFAULT_TEST_TIMEOUT_MS, type ImageTestReport, testImage } from "../vm/image-boot.js";
-import type { Accel } from "../vm/qemu.js";
-import { parseImageArgs } from "./boot.js";
+import { type ImageCommandOptions, parseImageArgs } from "./boot.js";
 import type { Command } from "./context.js";
-import { positiveInt } from "./run.js";
+import { positiveInt } from "./vm-flags.js";
 
 export const TEST_HELP = `usage: vmdib test [options] IMAGE
 
@@ -30,13 +29,8 @@ options:
   -v, --verbose         show progress and the guest's console live on stderr
 `;
 
-export interface TestCommandOptions {
+export interface TestCommandOptions extends ImageCommandOptions {
   image: string;
-  uefi: boolean;
-  memoryMiB?: number;
-  cpus?: number;
-  accel?: Accel;
-  verbose: boolean;
   sshKey?: string;
   user?: string;
   timeoutS?: number;
