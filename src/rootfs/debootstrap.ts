@@ -10,7 +10,7 @@ import { dirname, join } from "node:path";
 import { Readable, type Writable } from "node:stream";
 import { gunzipSync } from "node:zlib";
 import { VmdibError } from "../errors.js";
-import { BUILTIN_ELEMENTS_DIR, cacheDir } from "../paths.js";
+import { cacheDir } from "../paths.js";
 import {
   type ArchiveOptions,
   DEFAULT_KEYRING,
@@ -468,10 +468,9 @@ export function stage1Plan(r: Pick<Stage1Request, "elements" | "env" | "arch">):
   | { ok: false; reason: string } {
   const names = new Set(r.elements.map((e) => e.name));
   if (!names.has("debian-minimal")) return { ok: false, reason: "no debian-minimal element" };
-  const deb = r.elements.find((e) => e.name === "debootstrap");
-  if (!deb || deb.path !== join(BUILTIN_ELEMENTS_DIR, "debootstrap")) {
-    return { ok: false, reason: "the debootstrap element is not vmdib's own" };
-  }
+  // vmdib's debootstrap element uses the stage itself; DIB's own runs `debootstrap` whole, which the guest's
+  // debootstrap wrapper (guest/dib/bin/debootstrap) turns into the second stage when the inputs match.
+  if (!r.elements.some((e) => e.name === "debootstrap")) return { ok: false, reason: "no debootstrap element" };
   const env = r.env;
   const mirror = (env.DIB_DEBIAN_DISTRIBUTION_MIRROR || env.DIB_DISTRIBUTION_MIRROR || "").replace(/\/$/, "");
   if (!/^https?:\/\/[^/]/.test(mirror)) return { ok: false, reason: "no http(s) mirror" };
@@ -495,8 +494,8 @@ function stage1Key(parts: unknown): string {
 }
 
 /**
- * Make (or find) the stage-one tarball for this build in the image cache. Undefined when the build does not use
- * vmdib's debootstrap element on a Debian release this module reproduces; the guest then runs debootstrap whole.
+ * Make (or find) the stage-one tarball for this build in the image cache. Undefined when the build does not use a
+ * debootstrap element on a Debian release this module reproduces; the guest then runs debootstrap whole.
  */
 export async function prepareDebootstrapStage1(req: Stage1Request): Promise<Stage1Result | undefined> {
   const plan = stage1Plan(req);
