@@ -1,10 +1,13 @@
 // The executor: walks a BuildPlan inside the helper VM (guest/dib/run-phase per step), sizes and lays out the block
 // device, converts the image on the host, and publishes outputs only on success. Owns the build's cleanup stack.
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { createReadStream, createWriteStream } from "node:fs";
 import { cp, mkdir, open, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { Writable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { createGzip } from "node:zlib";
+import { execa } from "execa";
 import type { BlockDeviceConfig } from "./blockdev/config.js";
 import { type BlockDevicePlan, planBlockDevice } from "./blockdev/graph.js";
 import { buildCleanupScript, buildFstabScript, buildSetupScript, buildUmountScript } from "./blockdev/script.js";
@@ -12,7 +15,10 @@ import { imageSizeBytes, TiB } from "./blockdev/size.js";
 import { withCleanup } from "./cleanup.js";
 import type { BuildOptions, ImageType } from "./config.js";
 import { VmdibError } from "./errors.js";
+import { aciManifest, type DockerArchiveFiles, dockerArchiveFiles } from "./image/docker.js";
 import { type BuildPlan, blockDeviceParams, GUEST_PATHS, outputName, type PlanOutput } from "./plan.js";
+import { shellJoin, shellQuote } from "./shell.js";
+import { sha256File } from "./vm/appliance/archive.js";
 
 /** The helper VM as the executor uses it: run argv as root, streaming output; the exit code comes back. */
 export interface BuildMachine {
@@ -32,10 +38,18 @@ export interface ExecuteDeps {
   readonly startMachine: (spec: MachineRequest) => Promise<BuildMachine & { stop(): Promise<void> }>;
   /** Runs the host's qemu-img (no root needed) with these arguments. */
   readonly qemuImg: (args: readonly string[], signal: AbortSignal) => Promise<void>;
+  /** Runs another host tool (tar for the docker archive, docker when a daemon is there); default: execa. */
+  readonly run?: ToolRunner;
   readonly onEvent: (e: BuildEvent) => void;
   readonly signal: AbortSignal;
   readonly cwd: string;
 }
+
+/** Runs a host program and resolves with its stdout; rejects when it fails. */
+export type ToolRunner = (file: string, args: readonly string[], signal: AbortSignal) => Promise<string>;
+
+const runTool: ToolRunner = async (file, args, signal) =>
+  (await execa(file, args, { cancelSignal: signal, stdin: "ignore" })).stdout;
 
 /** What the executor asks of the VM: shares (work dir read-write, element dirs read-only) and the image disk. */
 export interface MachineRequest {
@@ -67,70 +81,81 @@ export function convertArgv(source: string, target: string, type: ImageType, opt
   if (!format) throw new Error(`${type} is not made by qemu-img`);
   const argv = ["convert", "-f", "raw", "-O", format];
   if (type === "qcow2" && options.compress) argv.push("-c");
-  const opts = [type === "vhd" ? "subformat=fixed" : "", options.qemuImgOptions].filter(Boolean).join(",");
+  // vhd: dynamic, as DIB's vhd-util makes it (a fixed VHD has no header at the start: qemu-img probes it as raw);
+  // force_size keeps the raw image's exact size instead of rounding it up to a CHS geometry.
+  const opts = [type === "vhd" ? "force_size=on" : "", options.qemuImgOptions].filter(Boolean).join(",");
   if (opts) argv.push("-o", opts);
   argv.push(source, target);
   return argv;
 }
 
-/** Guest commands that write the tree-based outputs (tar, tgz, aci, squashfs, docker) into the work dir. */
-export function treeOutputCommands(outputs: readonly PlanOutput[], root: string, outDir: string): string[] {
-  const excludes = "--exclude=./proc --exclude=./sys --exclude=./dev/* --exclude=./tmp/in_target.d";
-  const cmds: string[] = [];
-  for (const o of outputs) {
-    const file = `${outDir}/${o.type}`;
-    switch (o.type) {
-      case "tar":
-        cmds.push(`tar -C ${root} -cf ${file} --numeric-owner --xattrs --xattrs-include='*' ${excludes} .`);
-        break;
-      case "tgz":
-        cmds.push(`tar -C ${root} -czf ${file} --numeric-owner --xattrs --xattrs-include='*' ${excludes} .`);
-        break;
-      case "aci":
-        cmds.push(
-          `tar -C ${root} -cf ${file} --numeric-owner --transform 's,^\\.,rootfs,S' ${excludes} .`,
-          `printf '%s\\n' '{"acKind":"ImageManifest","acVersion":"0.8.11","name":"vmdib/image"}' > ${outDir}/manifest`,
-          `tar -C ${outDir} --append -f ${file} manifest`,
-        );
-        break;
-      case "squashfs":
-        cmds.push(
-          `mksquashfs ${root} ${file} -comp xz -noappend -wildcards -e 'proc/*' -e 'sys/*' -no-recovery -quiet`,
-        );
-        break;
-      case "docker":
-        cmds.push(dockerArchiveCommand(root, outDir, file));
-        break;
-      default:
-        break;
-    }
-  }
-  return cmds;
-}
+/** Members the chroot leaves behind that no tree output carries (the mount points themselves stay, empty). */
+const TREE_EXCLUDES = ["./proc/*", "./sys/*", "./dev/*", "./tmp/in_target.d"];
+
+/** What the guest writes into the work dir's out/ for each tree format; the host finishes and publishes them. */
+export const TREE_FILES = {
+  tar: "tar",
+  aci: "aci",
+  squashfs: "squashfs",
+  docker: "docker-layer.tar",
+} as const;
 
 /**
- * A `docker load`/`podman load` archive without any daemon: one layer (the tree as a tar), its config, and the
- * manifest.json that names them, in the docker-archive layout.
+ * Guest commands (pure) that write the tree outputs into outDir while the image is still mounted at root: one tar
+ * for tar and tgz (gzip runs on the host, natively), the aci tar (tree under rootfs/, then its manifest), the
+ * squashfs, and docker's layer tar (the host adds config and manifest.json around it).
  */
-function dockerArchiveCommand(root: string, outDir: string, file: string): string {
-  const d = `${outDir}/docker`;
-  return [
-    `rm -rf ${d} && mkdir -p ${d}`,
-    `tar -C ${root} -cf ${d}/layer.tar --numeric-owner --exclude=./proc --exclude=./sys --exclude=./dev/* --exclude=./tmp/in_target.d .`,
-    `diff=$(sha256sum ${d}/layer.tar | cut -d' ' -f1)`,
-    `printf '{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/bash"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"vmdib"}]}' "$diff" > ${d}/config.json`,
-    `cfg=$(sha256sum ${d}/config.json | cut -d' ' -f1)`,
-    `mv ${d}/config.json ${d}/$cfg.json`,
-    `printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$cfg" "$DOCKER_TARGET" > ${d}/manifest.json`,
-    `tar -C ${d} -cf ${file} manifest.json "$cfg.json" layer.tar`,
-    `rm -rf ${d}`,
-  ].join(" && ");
-}
-
-async function sha(path: string, algorithm: "md5" | "sha256"): Promise<string> {
-  const hash = createHash(algorithm);
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest("hex");
+export function treeOutputCommands(
+  outputs: readonly PlanOutput[],
+  root: string,
+  outDir: string,
+  arch: string,
+): string[] {
+  const types = new Set(outputs.map((o) => o.type));
+  const tar = (file: string, ...extra: string[]) =>
+    shellJoin([
+      "tar",
+      "-C",
+      root,
+      "-cf",
+      file,
+      // Owners by number: the image's /etc/passwd, not the appliance's, names them.
+      "--numeric-owner",
+      // File capabilities (ping, ...) live in security.* xattrs.
+      "--xattrs",
+      "--xattrs-include=*",
+      ...TREE_EXCLUDES.map((e) => `--exclude=${e}`),
+      ...extra,
+      ".",
+    ]);
+  const cmds: string[] = [];
+  if (types.has("tar") || types.has("tgz")) cmds.push(tar(`${outDir}/${TREE_FILES.tar}`));
+  const aci = outputs.find((o) => o.type === "aci");
+  if (aci) {
+    const file = `${outDir}/${TREE_FILES.aci}`;
+    const dir = `${outDir}/aci-manifest`;
+    cmds.push(
+      // appc: the tree under rootfs/ and a file named manifest at the top.
+      tar(file, "--transform=s,^\\.,rootfs,S"),
+      `mkdir -p ${shellQuote(dir)} && printf %s ${shellQuote(aciManifest(aci.reference ?? "vmdib-image", arch))} >${shellQuote(`${dir}/manifest`)}`,
+      shellJoin(["tar", "-C", dir, "--append", "-f", file, "--owner=0", "--group=0", "manifest"]),
+      shellJoin(["rm", "-rf", dir]),
+    );
+  }
+  if (types.has("squashfs")) {
+    cmds.push(
+      shellJoin([
+        "mksquashfs",
+        root,
+        `${outDir}/${TREE_FILES.squashfs}`,
+        // DIB's settings: xz, no appending to an old file, no recovery file next to it.
+        ...["-comp", "xz", "-noappend", "-no-recovery", "-quiet", "-wildcards"],
+        ...TREE_EXCLUDES.flatMap((e) => ["-e", e.replace(/^\.\//, "")]),
+      ]),
+    );
+  }
+  if (types.has("docker")) cmds.push(tar(`${outDir}/${TREE_FILES.docker}`));
+  return cmds;
 }
 
 /** Line splitter that turns a guest stream into `output` events (and keeps the last lines for error messages). */
@@ -252,24 +277,55 @@ export async function executePlan(
       devices: { [layoutImageDisk(config)]: IMAGE_DISK_GUEST },
     });
 
+    // What a legacy block-device.d hook needs to make the device itself (disk-image-create exports DIB_IMAGE_SIZE in
+    // KiB before the phase; TMP_IMAGE_PATH is the raw image the outputs are converted from: here the image disk).
+    const envDir = `${GUEST_PATHS.build}/env.d`;
+    const legacyEnv = `${envDir}/30-block-device.env`;
+    await runStep("image-disk", [
+      "bash",
+      "-c",
+      `set -eu; mkdir -p ${envDir}; printf 'export %s\\n' ${shellQuote(`DIB_IMAGE_SIZE=${Math.floor(sizeBytes / 1024)}`)} ${shellQuote(`TMP_IMAGE_PATH=${IMAGE_DISK_GUEST}`)} >${envDir}/20-image-disk.env`,
+    ]);
     await phase("block-device");
-    const exportsFile = `${GUEST_PATHS.build}/env.d/40-block-device.env`;
-    const release = await writeScript("blockdev-cleanup", buildCleanupScript(layout));
-    cleanup.push(
-      "release the block devices",
-      inGuest(() => machine.exec(release, quiet())),
-    );
-    await script("blockdev-setup", buildSetupScript(layout, { exportsFile }));
-    await script("fstab", buildFstabScript(layout, `${GUEST_PATHS.build}/built`));
+    // DIB's eval_run_d: a hook that printed IMAGE_BLOCK_DEVICE= made the device (run-phase saved the line); then
+    // the YAML layout is skipped altogether and the hook owns partitions, filesystems and mounts.
+    const legacy = (await machine.exec(["test", "-s", legacyEnv], quiet())) === 0;
+    if (legacy) {
+      deps.onEvent({
+        type: "info",
+        message: "a block-device.d hook set IMAGE_BLOCK_DEVICE: the block-device layout is skipped (legacy DIB)",
+      });
+    } else {
+      const exportsFile = `${envDir}/40-block-device.env`;
+      const release = await writeScript("blockdev-cleanup", buildCleanupScript(layout));
+      cleanup.push(
+        "release the block devices",
+        inGuest(() => machine.exec(release, quiet())),
+      );
+      await script("blockdev-setup", buildSetupScript(layout, { exportsFile }));
+      await script("fstab", buildFstabScript(layout, `${GUEST_PATHS.build}/built`));
+    }
     await phase("copy-root");
     for (const name of ["pre-finalise", "finalise", "cleanup"]) await phase(name);
 
-    const treeCmds = treeOutputCommands(plan.outputs, GUEST_PATHS.targetRoot, GUEST_PATHS.out);
+    const treeCmds = treeOutputCommands(plan.outputs, GUEST_PATHS.targetRoot, GUEST_PATHS.out, plan.arch);
     if (treeCmds.length > 0)
       await runStep("tree-outputs", ["bash", "-c", `set -eu -o pipefail\n${treeCmds.join("\n")}`]);
     // Chroot mounts only: the block device's own mounts (DIB_MOUNTPOINTS, /boot/efi) are the umount script's.
-    await phase("unmount");
-    await script("blockdev-umount", buildUmountScript(layout));
+    if (legacy) {
+      // The hook's mounts are the tree and below it: unmount them (trimmed first, so the image stays sparse), then
+      // flush what went through its devices.
+      const root = shellQuote(GUEST_PATHS.targetRoot);
+      await phase("unmount", "--all");
+      await runStep("legacy-umount", [
+        "bash",
+        "-c",
+        `set -eu; if mountpoint -q ${root}; then fstrim ${root} || true; umount ${root}; fi; sync`,
+      ]);
+    } else {
+      await phase("unmount");
+      await script("blockdev-umount", buildUmountScript(layout));
+    }
     vmStopped = true;
     await machine.stop();
 
@@ -290,7 +346,59 @@ function quiet() {
   return { stdout: sink, stderr: sink };
 }
 
-/** Converts or moves every output to a temporary name next to -o, then renames all of them into place. */
+/** The host `tar` argv (pure) that packs a staged docker-archive directory, members in docker save's order. */
+export function dockerArchiveTarArgv(dir: string, dest: string, files: DockerArchiveFiles): string[] {
+  const layerDir = dirname(files.layerName);
+  return [
+    ...["-C", dir, "-cf", dest],
+    // The archive's own members belong to nobody in particular; the layer tar inside keeps the image's owners.
+    ...["--owner=0", "--group=0", "--numeric-owner", "--no-recursion"],
+    ...["manifest.json", files.configName, layerDir, files.layerName],
+  ];
+}
+
+/** Wraps the guest's layer tar into a docker-archive at dest (hashing and packing natively on the host). */
+async function writeDockerArchive(
+  layer: string,
+  dest: string,
+  o: { reference: string; arch: string },
+  run: ToolRunner,
+  signal: AbortSignal,
+): Promise<void> {
+  const files = dockerArchiveFiles(
+    { layerSha256: await sha256File(layer), arch: o.arch, reference: o.reference, created: new Date().toISOString() },
+    (text) => createHash("sha256").update(text).digest("hex"),
+  );
+  const dir = join(dirname(layer), "docker-archive");
+  await mkdir(join(dir, dirname(files.layerName)), { recursive: true });
+  await rename(layer, join(dir, files.layerName));
+  await writeFile(join(dir, files.configName), files.config);
+  await writeFile(join(dir, "manifest.json"), files.manifest);
+  await run("tar", dockerArchiveTarArgv(dir, dest, files), signal);
+}
+
+/** Whether a Docker daemon answers (then the docker output is also loaded into it, as DIB's `docker import`). */
+async function dockerDaemonAnswers(run: ToolRunner, signal: AbortSignal): Promise<boolean> {
+  return await run("docker", ["version", "--format", "{{.Server.Version}}"], signal).then(
+    (v) => v.trim() !== "",
+    () => false,
+  );
+}
+
+/** md5 and sha256 files next to an output, in the `md5sum`/`sha256sum` format DIB writes. */
+async function writeChecksums(path: string): Promise<void> {
+  const md5 = createHash("md5");
+  const [, sha256] = await Promise.all([pipeline(createReadStream(path), md5), sha256File(path)]);
+  const name = basename(path);
+  await writeFile(`${path}.md5`, `${md5.digest("hex")}  ${name}\n`);
+  await writeFile(`${path}.sha256`, `${sha256}  ${name}\n`);
+}
+
+/**
+ * Makes every output under a temporary name next to -o — qemu-img conversions of the disk, the guest's tree
+ * outputs finished natively (gzip, docker archive) — then renames all of them into place; an older image at a
+ * name stays until every new output is complete.
+ */
 async function publishOutputs(
   plan: BuildPlan,
   options: BuildOptions,
@@ -298,27 +406,58 @@ async function publishOutputs(
   imagePath: string,
   deps: ExecuteDeps,
 ): Promise<string[]> {
-  const staged: { tmp: string; final: string; type: ImageType }[] = [];
+  const out = join(workDir, "out");
+  const run = deps.run ?? runTool;
+  const timed = async (step: string, fn: () => Promise<unknown>) => {
+    deps.onEvent({ type: "step-start", step, where: "host" });
+    const started = Date.now();
+    await fn();
+    deps.onEvent({ type: "step-end", step, seconds: (Date.now() - started) / 1000, ok: true });
+  };
+  const staged: { tmp: string; final: string; output: PlanOutput }[] = [];
+  // tar and tgz come from one guest tar; it moves to the tar output's temporary name when that is staged first.
+  let tarAt = join(out, TREE_FILES.tar);
   try {
     for (const o of plan.outputs) {
       const final = resolve(deps.cwd, o.path);
       await mkdir(dirname(final), { recursive: true });
       const tmp = `${final}.vmdib-partial-${process.pid}`;
-      staged.push({ tmp, final, type: o.type });
-      if (QEMU_IMG_FORMAT[o.type]) {
-        deps.onEvent({ type: "step-start", step: `convert ${o.type}`, where: "host" });
-        const started = Date.now();
-        await deps.qemuImg(convertArgv(imagePath, tmp, o.type, options), deps.signal);
-        deps.onEvent({ type: "step-end", step: `convert ${o.type}`, seconds: (Date.now() - started) / 1000, ok: true });
-      } else {
-        await rename(join(workDir, "out", o.type), tmp);
+      staged.push({ tmp, final, output: o });
+      switch (o.type) {
+        case "tar":
+          await rename(tarAt, tmp);
+          tarAt = tmp;
+          break;
+        case "tgz":
+          // Native zlib at its default level: DIB's gzip -9 costs much time for a few percent.
+          await timed("gzip tgz", () => pipeline(createReadStream(tarAt), createGzip(), createWriteStream(tmp)));
+          break;
+        case "aci":
+        case "squashfs":
+          await rename(join(out, TREE_FILES[o.type]), tmp);
+          break;
+        case "docker": {
+          const reference = o.reference ?? "vmdib-image:latest";
+          await timed("docker archive", () =>
+            writeDockerArchive(join(out, TREE_FILES.docker), tmp, { reference, arch: plan.arch }, run, deps.signal),
+          );
+          if (await dockerDaemonAnswers(run, deps.signal)) {
+            await timed("docker load", () => run("docker", ["load", "-i", tmp], deps.signal));
+            deps.onEvent({ type: "info", message: `docker: ${reference} loaded into the Docker daemon` });
+          }
+          break;
+        }
+        default:
+          await timed(`convert ${o.type}`, () =>
+            deps.qemuImg(convertArgv(imagePath, tmp, o.type, options), deps.signal),
+          );
       }
     }
     // The manifests element leaves <name>.d/ next to the image, as DIB does.
-    const manifests = join(workDir, "out", `${basename(outputName(options))}.d`);
+    const manifests = join(out, `${basename(outputName(options))}.d`);
     if (
       await stat(manifests).then(
-        (s) => s.isDirectory(),
+        (st) => st.isDirectory(),
         () => false,
       )
     ) {
@@ -328,12 +467,8 @@ async function publishOutputs(
     }
     for (const s of staged) {
       await rename(s.tmp, s.final);
-      const o = plan.outputs.find((x) => x.type === s.type);
-      if (o && o.checksums.length > 0) {
-        await writeFile(`${s.final}.md5`, `${await sha(s.final, "md5")}  ${o.path.split("/").pop()}\n`);
-        await writeFile(`${s.final}.sha256`, `${await sha(s.final, "sha256")}  ${o.path.split("/").pop()}\n`);
-      }
-      deps.onEvent({ type: "artifact", path: s.final, format: s.type, bytes: (await stat(s.final)).size });
+      if (s.output.checksums.length > 0) await writeChecksums(s.final);
+      deps.onEvent({ type: "artifact", path: s.final, format: s.output.type, bytes: (await stat(s.final)).size });
     }
     return staged.map((s) => s.final);
   } finally {

@@ -3,6 +3,7 @@ import { basename, dirname } from "node:path";
 import type { BlockDevicePlanParams } from "./blockdev/graph.js";
 import type { BuildOptions, ImageType } from "./config.js";
 import { PHASES, type PhaseWhere } from "./elements/phases.js";
+import { dockerReference } from "./image/docker.js";
 
 /** Fixed places inside the helper VM; the guest driver (guest/dib) uses the same layout. */
 export const GUEST_PATHS = {
@@ -96,6 +97,8 @@ export interface PlanOutput {
   /** Path on the host, relative to the working directory as given with -o. */
   readonly path: string;
   readonly checksums: readonly string[];
+  /** docker and aci: the image reference (`--docker-target`, else made from the image name). */
+  readonly reference?: string;
 }
 
 export interface BuildPlan {
@@ -180,14 +183,24 @@ export function outputName(options: Pick<BuildOptions, "imageName" | "types">): 
   return options.imageName;
 }
 
-export function buildOutputs(options: BuildOptions): PlanOutput[] {
+/** Formats made from the image tree in the guest; every other type is the disk image converted by qemu-img. */
+export const TREE_TYPES: readonly ImageType[] = ["tar", "tgz", "squashfs", "aci", "docker"];
+
+/**
+ * The files a build publishes. With the `no-final-image` element (DIB: an element that makes its own artefacts)
+ * the disk image is not converted: only the tree formats are written.
+ */
+export function buildOutputs(options: BuildOptions, elementNames: readonly string[] = []): PlanOutput[] {
   const name = outputName(options);
-  const types = [...new Set(options.types)];
-  // DIB: tgz implies tar; the raw image is converted last because conversion to raw is in place.
+  const noFinalImage = elementNames.includes("no-final-image");
+  const types = [...new Set(options.types)].filter((t) => !noFinalImage || TREE_TYPES.includes(t));
+  // Raw last, as DIB orders it (there the conversion to raw moves the working image away).
   const ordered = [...types.filter((t) => t !== "raw"), ...types.filter((t) => t === "raw")];
   return ordered.map((type) => {
     const path = `${name}.${EXTENSION[type]}`;
-    return { type, path, checksums: options.checksum ? [`${path}.md5`, `${path}.sha256`] : [] };
+    const reference =
+      type === "docker" || type === "aci" ? { reference: dockerReference(options.dockerTarget, name) } : {};
+    return { type, path, checksums: options.checksum ? [`${path}.md5`, `${path}.sha256`] : [], ...reference };
   });
 }
 
@@ -267,7 +280,10 @@ export function buildPlan(inputs: PlanInputs): BuildPlan {
     environment: { common: commonEnv(inputs, elementYaml(elements)), files: inputs.environmentFiles },
     steps,
     blockDevice: inputs.blockDevice,
-    outputs: buildOutputs(inputs.options),
+    outputs: buildOutputs(
+      inputs.options,
+      inputs.elements.map((e) => e.name),
+    ),
     packages: inputs.options.packages,
   };
 }
@@ -299,7 +315,7 @@ export function renderPlan(plan: BuildPlan): string {
   out.push("", "Block device:", `  size: ${plan.blockDevice.size}`, ...plan.blockDevice.summary.map((l) => `  ${l}`));
   out.push("", "Outputs:");
   for (const o of plan.outputs) {
-    out.push(`  ${o.path}  (${o.type})`);
+    out.push(`  ${o.path}  (${o.type}${o.reference ? ` ${o.reference}` : ""})`);
     for (const c of o.checksums) out.push(`  ${c}`);
   }
   return `${out.join("\n")}\n`;

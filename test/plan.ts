@@ -89,6 +89,27 @@ t.test("outputs: extensions, raw last, checksums, single-type suffix stripped", 
   t.equal(outputName(o(["-o", "foo.qcow2", "-t", "qcow2,tar"])), "foo.qcow2");
 });
 
+t.test("outputs: no-final-image keeps only the tree formats; docker and aci carry their reference", async (t) => {
+  const o = (argv: string[]) => parseBuildArgs([...argv, "x"], {});
+  const types = "qcow2,raw,vhd,tar,docker,aci";
+  t.same(
+    buildOutputs(o(["-o", "out/img", "-t", types]), ["base", "no-final-image"]).map((x) => x.type),
+    ["tar", "docker", "aci"],
+  );
+  t.same(buildOutputs(o(["-t", "qcow2"]), ["no-final-image"]), [], "nothing to convert");
+  const plan = buildPlan({
+    ...inputs(["-o", "out/Img", "-t", "docker,aci", "x"]),
+    elements: [{ name: "no-final-image", path: "/e/no-final-image" }],
+  });
+  t.same(
+    plan.outputs.map((x) => x.reference),
+    ["img:latest", "img:latest"],
+    "the plan reads no-final-image from its elements",
+  );
+  t.equal(buildOutputs(o(["-t", "docker", "--docker-target", "me/d:1"]))[0]?.reference, "me/d:1");
+  t.throws(() => buildOutputs(o(["-t", "docker", "--docker-target", "Not Valid"])), /not a valid image reference/);
+});
+
 t.test("the plan is data: JSON round trip, and a readable rendering", async (t) => {
   const plan = buildPlan(inputs(["debian-minimal"]));
   t.same(JSON.parse(JSON.stringify(plan)), plan);
