@@ -45,6 +45,8 @@ test: build
 vm-test: build
 	$(TAP) $$($(TEST_FILES) \( -path 'dist/test/vm/*' -o -path 'dist/test/e2e/*' \) | sort) | $(SUMMARY)
 
+# BENCHMARKS.md from real, interleaved runs on this machine (not part of `make test` or CI; minutes under TCG).
+# `make bench BENCH=ready` (a group or workload names, comma-separated) reruns a part; ROUNDS=N rounds (default 3).
 bench: build
 	node dist/bench/run.js
 
