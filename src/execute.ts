@@ -399,12 +399,12 @@ async function writeChecksums(path: string): Promise<void> {
  * outputs finished natively (gzip, docker archive) — then renames all of them into place; an older image at a
  * name stays until every new output is complete.
  */
-async function publishOutputs(
-  plan: BuildPlan,
+export async function publishOutputs(
+  plan: Pick<BuildPlan, "outputs" | "arch">,
   options: BuildOptions,
   workDir: string,
   imagePath: string,
-  deps: ExecuteDeps,
+  deps: Pick<ExecuteDeps, "qemuImg" | "run" | "onEvent" | "signal" | "cwd">,
 ): Promise<string[]> {
   const out = join(workDir, "out");
   const run = deps.run ?? runTool;

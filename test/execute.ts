@@ -1,6 +1,16 @@
-import t from "tap";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { execa } from "execa";
+import t, { type Test } from "tap";
 import { parseBuildArgs } from "../src/config.js";
-import { convertArgv, dockerArchiveTarArgv, treeOutputCommands } from "../src/execute.js";
+import {
+  type BuildEvent,
+  convertArgv,
+  dockerArchiveTarArgv,
+  publishOutputs,
+  treeOutputCommands,
+} from "../src/execute.js";
 import { buildOutputs } from "../src/plan.js";
 
 const opts = (argv: string[]) => parseBuildArgs([...argv, "x"], {});
@@ -81,4 +91,90 @@ t.test("the docker archive is packed by the host's tar in docker save's order", 
     "abc",
     "abc/layer.tar",
   ]);
+});
+
+/** A work dir as the guest leaves it: a raw disk, out/tar and out/docker-layer.tar made from a small tree. */
+async function guestLeftovers(t: Test) {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-publish-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const work = join(dir, "work");
+  await mkdir(join(work, "out"), { recursive: true });
+  await mkdir(join(dir, "tree", "etc"), { recursive: true });
+  await writeFile(join(dir, "tree", "etc", "marker"), "hello\n");
+  for (const f of ["tar", "docker-layer.tar"])
+    await execa("tar", ["-C", join(dir, "tree"), "-cf", join(work, "out", f), "."]);
+  const image = join(work, "image.raw");
+  await writeFile(image, Buffer.alloc(1024 * 1024, 7));
+  return { dir, work, image };
+}
+
+const realTools = (calls: string[][], dockerDaemon: boolean) => ({
+  qemuImg: async (args: readonly string[]) => void (await execa("qemu-img", args)),
+  run: async (file: string, args: readonly string[]) => {
+    calls.push([file, ...args]);
+    if (file !== "docker") return (await execa(file, args)).stdout;
+    if (!dockerDaemon) throw new Error("Cannot connect to the Docker daemon");
+    return args[0] === "version" ? "27.0.1" : "Loaded image: x:latest";
+  },
+});
+
+t.test(
+  "publishing: tgz from the guest's tar, a docker archive, checksums; loaded into a Docker daemon if one answers",
+  async (t) => {
+    const { dir, work, image } = await guestLeftovers(t);
+    const options = opts(["-o", "out/img", "-t", "raw,qcow2,tar,tgz,docker", "--checksum"]);
+    const calls: string[][] = [];
+    const events: BuildEvent[] = [];
+    const written = await publishOutputs({ outputs: buildOutputs(options), arch: "amd64" }, options, work, image, {
+      ...realTools(calls, true),
+      onEvent: (e) => events.push(e),
+      signal: new AbortController().signal,
+      cwd: dir,
+    });
+    t.same(
+      written.map((p) => p.slice(dir.length + 1)),
+      ["out/img.qcow2", "out/img.tar", "out/img.tgz", "out/img.docker.tar", "out/img.raw"],
+    );
+    const list = async (args: string[]) => (await execa("tar", args)).stdout;
+    t.equal(await list(["tzf", join(dir, "out/img.tgz")]), await list(["tf", join(dir, "out/img.tar")]), "tgz = tar");
+    t.match(
+      await list(["tf", join(dir, "out/img.docker.tar")]),
+      /^manifest\.json\n[0-9a-f]{64}\.json\n[0-9a-f]{64}\/\n/,
+    );
+    const load = calls.find((c) => c[0] === "docker" && c[1] === "load");
+    t.match(load?.[3], /img\.docker\.tar\.vmdib-partial-\d+$/, "docker load reads the archive before it is published");
+    t.ok(events.some((e) => e.type === "info" && /img:latest loaded into the Docker daemon/.test(e.message)));
+    const sha = await readFile(join(dir, "out/img.raw.sha256"), "utf8");
+    const real = (await execa("sha256sum", [join(dir, "out/img.raw")])).stdout.split(" ")[0];
+    t.equal(sha, `${real}  img.raw\n`, "sha256sum's format, the file name only");
+    t.ok((await readFile(join(dir, "out/img.tgz.md5"), "utf8")).match(/^[0-9a-f]{32} {2}img\.tgz\n$/));
+    t.same(await readdir(join(dir, "out")).then((l) => l.filter((f) => f.includes("partial"))), [], "no leftovers");
+  },
+);
+
+t.test("publishing: without a Docker daemon the archive is the output; a failure keeps the older image", async (t) => {
+  const { dir, work, image } = await guestLeftovers(t);
+  await mkdir(join(dir, "out"));
+  await writeFile(join(dir, "out", "img.qcow2"), "older\n");
+  const options = opts(["-o", "out/img", "-t", "docker,qcow2,vdi"]);
+  const calls: string[][] = [];
+  const tools = realTools(calls, false);
+  const deps = {
+    ...tools,
+    qemuImg: async (args: readonly string[]) => {
+      if (args.includes("vdi")) throw new Error("qemu-img: no space left");
+      await tools.qemuImg(args);
+    },
+    onEvent: () => undefined,
+    signal: new AbortController().signal,
+    cwd: dir,
+  };
+  const outputs = buildOutputs(options);
+  await t.rejects(publishOutputs({ outputs, arch: "amd64" }, options, work, image, deps), /no space left/);
+  t.notOk(
+    calls.some((c) => c[0] === "docker" && c[1] === "load"),
+    "no daemon: nothing to load into",
+  );
+  t.equal(await readFile(join(dir, "out", "img.qcow2"), "utf8"), "older\n", "the older image is untouched");
+  t.same(await readdir(join(dir, "out")), ["img.qcow2"], "no partial files, nothing half published");
 });
