@@ -12,6 +12,7 @@ import type { BlockDeviceConfig } from "./blockdev/config.js";
 import { type BlockDevicePlan, planBlockDevice } from "./blockdev/graph.js";
 import { buildCleanupScript, buildFstabScript, buildSetupScript, buildUmountScript } from "./blockdev/script.js";
 import { imageSizeBytes, TiB } from "./blockdev/size.js";
+import { restoreTreeCommand, saveTreeCommand } from "./cache/tree.js";
 import { withCleanup } from "./cleanup.js";
 import type { BuildOptions, ImageType } from "./config.js";
 import { VmdibError } from "./errors.js";
@@ -43,6 +44,17 @@ export interface ExecuteDeps {
   readonly onEvent: (e: BuildEvent) => void;
   readonly signal: AbortSignal;
   readonly cwd: string;
+  /** The phase-level cache (src/cache/tree.ts) for this build's key; absent when the build does not use it. */
+  readonly treeCache?: TreeCacheStep;
+}
+
+/** A cached tree to restore instead of running root.d … post-root.d, or where to save the new one. */
+export interface TreeCacheStep {
+  /** The cached build directory, as a file in the guest. */
+  readonly restoreFrom?: string;
+  /** Where the guest writes the new tree; commit() then makes it the cache entry. */
+  readonly saveTo?: string;
+  commit(): Promise<void>;
 }
 
 /** Runs a host program and resolves with its stdout; rejects when it fails. */
@@ -253,11 +265,7 @@ export async function executePlan(
       "unmount the build tree",
       inGuest(() => phase("unmount", "--all")),
     );
-    for (const name of ["root", "extra-data", "pre-install", "install"]) await phase(name);
-    if (options.packages.length > 0) await phase("packages", ...options.packages);
-    for (const name of ["post-install", "post-root"]) await phase(name);
-
-    const stashed = await phase("stash-root");
+    const stashed = await buildTree(deps.treeCache, phase, runStep, options, deps);
     const kib = Number(/VMDIB_BUILT_KIB=(\d+)/.exec(stashed.join("\n"))?.[1]);
     if (!Number.isFinite(kib)) throw new VmdibError("the guest did not report the size of the built tree");
     const sizeBytes = imageSizeBytes({
@@ -333,6 +341,38 @@ export async function executePlan(
     await truncate(imagePath, sizeBytes);
     return await publishOutputs(plan, options, workDir, imagePath, deps);
   }, reportCleanupError);
+}
+
+/**
+ * root.d … post-root.d, then stash-root; or, on a tree cache hit, the saved build directory put back instead. A tree
+ * that cannot be saved costs only the next build's reuse.
+ */
+async function buildTree(
+  tree: TreeCacheStep | undefined,
+  phase: (name: string, ...args: string[]) => Promise<string[]>,
+  runStep: (step: string, argv: readonly string[]) => Promise<string[]>,
+  options: BuildOptions,
+  deps: ExecuteDeps,
+): Promise<string[]> {
+  const bash = (command: string) => ["bash", "-c", `set -eu -o pipefail; ${command}`];
+  if (tree?.restoreFrom) {
+    await phase("init");
+    return await runStep("restore-tree", bash(restoreTreeCommand(GUEST_PATHS.build, tree.restoreFrom)));
+  }
+  for (const name of ["root", "extra-data", "pre-install", "install"]) await phase(name);
+  if (options.packages.length > 0) await phase("packages", ...options.packages);
+  for (const name of ["post-install", "post-root"]) await phase(name);
+  const stashed = await phase("stash-root");
+  if (tree?.saveTo) {
+    try {
+      await runStep("save-tree", bash(saveTreeCommand(GUEST_PATHS.build, tree.saveTo)));
+      await tree.commit();
+    } catch (err) {
+      if (deps.signal.aborted) throw err;
+      deps.onEvent({ type: "info", message: `warning: the tree was not cached: ${(err as Error).message}` });
+    }
+  }
+  return stashed;
 }
 
 /** The local_loop the layout's IMAGE_BLOCK_DEVICE comes from (DIB: image0), attached as the image disk. */

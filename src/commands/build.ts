@@ -1,15 +1,25 @@
 // `vmdib build`: options → elements → block-device layout → plan; `--dry-run` prints the plan, else it is executed.
 import { mkdir, rm } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { execa } from "execa";
 import { type BlockDeviceConfig, loadBlockDeviceConfig } from "../blockdev/config.js";
 import { blockDeviceInitInfo, describeBlockDevicePlan, planBlockDevice } from "../blockdev/graph.js";
 import { GiB } from "../blockdev/size.js";
+import {
+  commitTree,
+  digestDir,
+  digestElement,
+  digestHostFiles,
+  GUEST_TREES,
+  lookupTree,
+  treeCacheKey,
+  treeFile,
+} from "../cache/tree.js";
 import { type BuildOptions, buildHelp, parseBuildArgs } from "../config.js";
 import { loadElementSet } from "../elements/discover.js";
-import { type BuildEvent, executePlan } from "../execute.js";
+import { type BuildEvent, executePlan, type TreeCacheStep } from "../execute.js";
 import { resolveMirror } from "../mirror.js";
-import { cacheDir } from "../paths.js";
+import { cacheDir, GUEST_DIR } from "../paths.js";
 import { type BuildPlan, blockDeviceParams, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
 import { prepareDebootstrapStage1 } from "../rootfs/debootstrap.js";
 import { VERSION } from "../version.js";
@@ -106,6 +116,8 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
   const imageCache = options.imageCache ?? join(cacheDir(ctx.env), "image-create");
   await mkdir(imageCache, { recursive: true });
   const plan = await withDebootstrapStage1(planned, options, imageCache, ctx, render);
+  const trees = join(cacheDir(ctx.env), "trees");
+  const treeCache = await treeCacheStep(plan, options, trees, render);
   const workDir = await makeWorkDir(plan);
   const started = Date.now();
   try {
@@ -113,6 +125,7 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
       cwd: ctx.cwd,
       signal: ctx.signal,
       onEvent: render,
+      treeCache,
       qemuImg: async (args, signal) => {
         await execa("qemu-img", args, { cancelSignal: signal, stdio: ["ignore", "ignore", "pipe"] });
       },
@@ -125,6 +138,7 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
           shares: [
             { hostPath: req.workDir, guestPath: GUEST_PATHS.work, readonly: false },
             { hostPath: imageCache, guestPath: GUEST_PATHS.imageCache, readonly: false },
+            { hostPath: trees, guestPath: GUEST_TREES, readonly: false },
             ...req.elementShares.map((s) => ({ hostPath: s.host, guestPath: s.guest, readonly: true })),
           ],
           disks: [{ serial: req.imageDisk.serial, path: req.imageDisk.path, format: "raw" }],
@@ -137,9 +151,58 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
     });
   } finally {
     await rm(workDir, { recursive: true, force: true });
+    if (treeCache.saveTo) await rm(join(trees, basename(treeCache.saveTo)), { force: true });
   }
   render({ type: "info", message: `build finished in ${((Date.now() - started) / 1000).toFixed(1)} s` });
   return 0;
+}
+
+/**
+ * The phase-level cache for this plan: its key over everything that feeds root.d … post-root.d, and whether a tree
+ * for it is there. --no-cache makes the tree again (and replaces the entry).
+ */
+async function treeCacheStep(
+  plan: BuildPlan,
+  options: BuildOptions,
+  dir: string,
+  render: (e: BuildEvent) => void,
+): Promise<TreeCacheStep & { key: string }> {
+  await mkdir(dir, { recursive: true });
+  const key = treeCacheKey({
+    arch: plan.arch,
+    elements: await Promise.all(plan.elements.map(async (e) => ({ name: e.name, files: await digestElement(e.path) }))),
+    env: plan.environment.common,
+    hostFiles: await digestHostFiles(plan.environment.common),
+    driver: await digestDir(join(GUEST_DIR, "dib")),
+  });
+  const found = options.noCache ? undefined : await lookupTree(dir, key);
+  if (found?.hit) {
+    render({
+      type: "info",
+      message: `tree cache hit ${key} (saved ${found.meta.created}): root.d … post-root.d are skipped`,
+    });
+    return { key, restoreFrom: `${GUEST_TREES}/${treeFile(key)}`, commit: async () => {} };
+  }
+  const why = found
+    ? found.reason === "damaged"
+      ? "the cached tree was damaged and is removed"
+      : "not cached"
+    : "--no-cache";
+  render({ type: "info", message: `tree cache miss ${key} (${why}): the tree after post-root.d will be saved` });
+  const partial = `${treeFile(key)}.partial-${process.pid}`;
+  return {
+    key,
+    saveTo: `${GUEST_TREES}/${partial}`,
+    commit: async () => {
+      const meta = await commitTree(
+        dir,
+        key,
+        join(dir, partial),
+        plan.elements.map((e) => e.name),
+      );
+      render({ type: "info", message: `tree cache: saved ${key} (${(meta.bytes / 1024 ** 2).toFixed(0)} MiB)` });
+    },
+  };
 }
 
 /**

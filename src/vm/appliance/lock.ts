@@ -16,7 +16,7 @@ export interface LockOptions {
   isAlive?: (pid: number) => boolean;
 }
 
-function pidAlive(pid: number): boolean {
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
