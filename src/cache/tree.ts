@@ -5,8 +5,8 @@
 import { createHash } from "node:crypto";
 import { readdir, readFile, readlink, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { pidAlive } from "../lock.js";
 import { sha256File } from "../vm/appliance/archive.js";
-import { pidAlive } from "../vm/appliance/lock.js";
 
 /** Where the cache directory is shared read-write in the guest. */
 export const GUEST_TREES = "/vmdib/trees";

@@ -1,6 +1,7 @@
 // `vmdib build`: options → elements → block-device layout → plan; `--dry-run` prints the plan, else it is executed.
-import { mkdir, rm } from "node:fs/promises";
-import { basename, join } from "node:path";
+import { constants as fsc } from "node:fs";
+import { access, mkdir, rm } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import { execa } from "execa";
 import { type BlockDeviceConfig, loadBlockDeviceConfig } from "../blockdev/config.js";
 import { blockDeviceInitInfo, describeBlockDevicePlan, planBlockDevice } from "../blockdev/graph.js";
@@ -17,7 +18,9 @@ import {
 } from "../cache/tree.js";
 import { type BuildOptions, buildHelp, parseBuildArgs } from "../config.js";
 import { loadElementSet } from "../elements/discover.js";
+import { UsageError } from "../errors.js";
 import { type BuildEvent, executePlan, type TreeCacheStep } from "../execute.js";
+import { withLock } from "../lock.js";
 import { resolveMirror } from "../mirror.js";
 import { cacheDir, GUEST_DIR } from "../paths.js";
 import { type BuildPlan, blockDeviceParams, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
@@ -107,8 +110,32 @@ export const run: Command = async (ctx) => {
     ctx.stdout.write(options.json ? `${JSON.stringify(plan, null, 2)}\n` : renderPlan(plan));
     return 0;
   }
-  return await execute(plan, options, config, ctx);
+  return await withOutputLock(plan, ctx, () => execute(plan, options, config, ctx));
 };
+
+/**
+ * One build at a time per -o: a lock file next to the outputs, so a second build aimed at the same name waits instead
+ * of interleaving (a dead owner's lock is taken over). Also where an unwritable output directory is caught, before
+ * anything boots.
+ */
+async function withOutputLock<T>(plan: BuildPlan, ctx: CommandContext, fn: () => Promise<T>): Promise<T> {
+  const prefix = resolve(ctx.cwd, plan.imageName);
+  const dir = dirname(prefix);
+  try {
+    await mkdir(dir, { recursive: true });
+    await access(dir, fsc.W_OK);
+  } catch (err) {
+    throw new UsageError(`cannot write to the output directory ${dir} (${(err as NodeJS.ErrnoException).code})`, {
+      hint: "choose an -o in a directory you can write",
+      cause: err,
+    });
+  }
+  return await withLock(`${prefix}.vmdib-lock`, fn, {
+    signal: ctx.signal,
+    onWait: (owner) =>
+      ctx.stderr.write(`vmdib: waiting for another build (pid ${owner.split(" ")[0]}) writing ${plan.imageName}\n`),
+  });
+}
 
 /** Boots the helper VM with the build's shares and image disk, walks the plan, reports progress. */
 async function execute(planned: BuildPlan, options: BuildOptions, config: BlockDeviceConfig, ctx: CommandContext) {

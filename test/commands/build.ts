@@ -1,13 +1,17 @@
 // Tests for src/commands/build.ts: --help/--version, --dry-run [--json], and bad input ending in exit 2.
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
+import { PassThrough, Writable } from "node:stream";
 import t from "tap";
+import { main } from "../../src/cli.js";
 import { PACKAGE_ROOT } from "../../src/paths.js";
 import { vmdib } from "../helpers/cli.js";
 
 // A mirror is named so that planning never depends on this machine's apt sources.
 const ENV = { DIB_DISTRIBUTION_MIRROR: "http://mirror.example.invalid/debian" };
+const TINY = join(PACKAGE_ROOT, "test", "fixtures", "e2e-elements");
 
 t.test("--help is generated from the settings table; --version", async (t) => {
   const help = await vmdib(["build", "--help"]);
@@ -94,4 +98,38 @@ t.test("the shipped elements resolve", async (t) => {
   const r = await vmdib(["elements", "vm", "debian-minimal"], { ELEMENTS_PATH: join(PACKAGE_ROOT, "elements") });
   t.equal(r.code, 0, r.stderr);
   t.match(r.stdout, /\bbootloader\b/);
+});
+
+t.test("an output directory that cannot be written: exit 2 before anything boots", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-build-test-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await writeFile(join(dir, "file"), "");
+  const r = await vmdib(["build", "-n", "-o", join(dir, "file", "img"), "tiny-os"], { ELEMENTS_PATH: TINY }, dir);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /cannot write to the output directory .*\/file \((ENOTDIR|EEXIST)\)/);
+  t.match(r.stderr, /hint: choose an -o in a directory you can write/);
+});
+
+t.test("a second build aimed at the same -o waits for the first one's lock", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-build-test-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await mkdir(join(dir, "out"));
+  // This test process holds the lock, as a running build would.
+  await writeFile(join(dir, "out", "img.vmdib-lock"), `${process.pid} ${hostname()}\n`);
+  const stop = new AbortController();
+  let err = "";
+  const stderr = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      err += chunk.toString();
+      if (err.includes("waiting")) stop.abort(new Error("test: stop waiting"));
+      done();
+    },
+  });
+  const sink = new Writable({ write: (_c, _e, done) => done() });
+  const env = { ELEMENTS_PATH: TINY };
+  const args = ["build", "-n", "-o", "out/img", "tiny-os"];
+  const code = await main(args, { env, cwd: dir, stdin: new PassThrough(), stdout: sink, stderr, signal: stop.signal });
+  t.match(err, new RegExp(`waiting for another build \\(pid ${process.pid}\\) writing out/img`));
+  t.not(code, 0, "stopped while waiting");
+  t.ok(existsSync(join(dir, "out", "img.vmdib-lock")), "the owner's lock is left alone");
 });

@@ -18,14 +18,14 @@ import {
 } from "./archive.js";
 import { assembleAppliance } from "./build.js";
 import { resolveClosure } from "./closure.js";
-import { withLock } from "./lock.js";
+import { withLock } from "../../lock.js";
 import type { DebPackage, PackageIndex } from "./packages.js";
 import { loadApplianceSpec } from "./spec.js";
 
 export type { ApplianceEvent, OnEvent } from "./archive.js";
 
 /** Bump when the assembly changes in a way that must invalidate cached appliances. */
-export const BUILDER_VERSION = 4;
+export const BUILDER_VERSION = 5;
 
 export interface ApplianceFile {
   /** File name inside the appliance directory. */
@@ -50,7 +50,7 @@ export interface ApplianceManifest {
   vmlinux?: ApplianceFile;
   /** size: of the .deb; initrdBytes: what it added to the initramfs after dropping docs etc. */
   packages: { name: string; version: string; sha256: string; size: number; initrdBytes?: number }[];
-  /** Kernel modules in the initramfs, in load order (also /etc/vmdib/modules in the guest). */
+  /** Kernel modules in the initramfs, in load order (the guest loads them on demand; see `preload`). */
   modules: string[];
   /** Paths shipped by more than one package (the first one won). */
   conflicts: string[];
@@ -277,6 +277,7 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
           debs: debs.filter((d) => d !== kernelDeb),
           kernelDeb,
           modules: spec.modules,
+          preload: spec.preload,
           drop: spec.drop,
           kernelCacheDir: join(cacheRoot, "kernels"),
           init,

@@ -1,5 +1,6 @@
-// A build lock in the cache (effects): one process builds a given appliance, others wait for its result. A lock whose
-// owner died (no such pid) or that is implausibly old is taken over, so a killed build never blocks later ones.
+// Lock files (effects): one process does a piece of work (build an appliance, write an output), others wait for it.
+// A lock whose owner died (no such pid) or that is implausibly old is taken over, so a killed build never blocks later
+// ones.
 
 import { readFile, rm, stat, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
