@@ -8,6 +8,7 @@ import {
   type ModuleInfo,
   moduleInfo,
   moduleNameOf,
+  normalizeAlias,
   parseBuiltin,
   searchKmodIndex,
   selectModules,
@@ -135,6 +136,8 @@ t.test("buildModuleFiles: modules.dep lists transitive deps; softdep and alias t
     "kernel/lib/crc16.ko",
   ]);
   t.same(searchKmodIndex(files.aliasBin, "crc32c"), ["crc32c_generic"]);
+  t.same(searchKmodIndex(files.aliasBin, "fs_ext4"), ["ext4"], "alias keys are stored as kmod searches them");
+  t.same(searchKmodIndex(files.aliasBin, "fs-ext4"), []);
   t.same(searchKmodIndex(files.builtinBin, "unix"), [""]);
   t.same(searchKmodIndex(files.builtinBin, "ext4"), []);
   t.same(parseBuiltin("kernel/a/b-c.ko\n\n"), new Set(["b_c"]));
@@ -154,4 +157,13 @@ t.test("kmod index: shared prefixes, keys that are prefixes of others, prioritie
   for (const k of ["vi", "virtio_", "9pn", "x", "", "ext44"])
     t.same(searchKmodIndex(idx, k), [], `no ${JSON.stringify(k)}`);
   t.same(searchKmodIndex(buildKmodIndex([]), "a"), []);
+});
+
+t.test("normalizeAlias: '-' → '_' outside character classes, malformed aliases refused (as kmod does)", async (t) => {
+  t.equal(normalizeAlias("fs-ext4"), "fs_ext4");
+  t.equal(normalizeAlias("crypto-crc32c-generic"), "crypto_crc32c_generic");
+  t.equal(normalizeAlias("pci:v00001AF4d*sv*sd*bc*sc*i*"), "pci:v00001AF4d*sv*sd*bc*sc*i*");
+  t.equal(normalizeAlias("acpi*:PNP0[A-C]0-1:*"), "acpi*:PNP0[A-C]0_1:*", "the class keeps its '-'");
+  t.equal(normalizeAlias("a[b-c"), undefined);
+  t.equal(normalizeAlias("a]b"), undefined);
 });

@@ -2,9 +2,11 @@
 // call and an --offline call reuse it; the initramfs holds what the guest relies on. Slow once, then cache hits.
 import { readFileSync } from "node:fs";
 import t from "tap";
+import { GUEST_DIR } from "../../src/paths.js";
 import { parseCpio, S_IFLNK, S_IFMT, S_IFREG } from "../../src/vm/appliance/cpio.js";
 import { type ApplianceEvent, ensureAppliance, listAppliances } from "../../src/vm/appliance/index.js";
 import { searchKmodIndex } from "../../src/vm/appliance/modules.js";
+import { loadApplianceSpec } from "../../src/vm/appliance/spec.js";
 
 t.test("appliance build, reuse, offline reuse, contents", async (t) => {
   const events: ApplianceEvent[] = [];
@@ -46,7 +48,14 @@ t.test("appliance build, reuse, offline reuse, contents", async (t) => {
   const modDir = `usr/lib/modules/${first.manifest.kernel.release}`;
   const depBin = by.get(`${modDir}/modules.dep.bin`)?.data;
   t.ok(depBin && searchKmodIndex(depBin, "ext4").length === 1, "modprobe can find ext4");
-  const loadList = by.get("etc/vmdib/modules")?.data.toString().trim().split("\n") ?? [];
-  t.same(loadList, first.manifest.modules);
-  t.ok(loadList.indexOf("virtio_ring") < loadList.indexOf("virtio_pci"), "load order: virtio_ring first");
+  const aliasBin = by.get(`${modDir}/modules.alias.bin`)?.data;
+  t.ok(aliasBin && searchKmodIndex(aliasBin, "fs_ext4").length === 1, "the kernel's request for fs-ext4 resolves");
+  const shipped = first.manifest.modules;
+  t.ok(shipped.indexOf("virtio_ring") < shipped.indexOf("virtio_pci"), "load order: virtio_ring first");
+  const preload = by.get("etc/vmdib/modules")?.data.toString().trim().split("\n") ?? [];
+  t.same(preload, loadApplianceSpec(GUEST_DIR).preload, "the init preloads appliance.yaml's preload list only");
+  t.ok(
+    preload.every((m) => shipped.includes(m)),
+    "every preloaded module is shipped",
+  );
 });

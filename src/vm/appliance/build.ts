@@ -18,6 +18,8 @@ export interface AssembleInput {
   /** The kernel image package (linux-image-<release>-<flavour>). */
   kernelDeb: FetchedDeb;
   modules: string[];
+  /** Modules the init loads at boot (appliance.yaml `preload`), written to /etc/vmdib/modules. */
+  preload: string[];
   /** Extra path prefixes to leave out (appliance.yaml `drop`). */
   drop: string[];
   /** Contents of guest/init, installed as /init. */
@@ -119,7 +121,9 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
       ms: Date.now() - t0,
     });
 
-    root.addFile("etc/vmdib/modules", kernel.modules.map((m) => `${m}\n`).join(""));
+    // Only the preload list: modprobe resolves its dependencies, and everything else the kernel loads on demand
+    // through modules.alias.bin (a mount of ext4 asks for "fs-ext4") — loading all of them took seconds per boot.
+    root.addFile("etc/vmdib/modules", input.preload.map((m) => `${m}\n`).join(""));
     if (root.has("init")) throw new VmdibError("a package ships /init, which would shadow the appliance's init");
     root.add({ name: "init", mode: S_IFREG | 0o755, data: input.init });
     root.synthesize({ hostname: "vmdib" });

@@ -227,13 +227,41 @@ export function buildModuleFiles(
       priority: priority.get(m.name) ?? 0,
     })),
   );
+  // Keys normalized as libkmod looks them up ("fs-ext4" is searched as "fs_ext4"): with raw keys no alias resolves,
+  // and the kernel's on-demand loading (request_module("fs-ext4") on the first mount) finds nothing.
   const aliasBin = buildKmodIndex(
-    sorted.flatMap((m) => m.aliases.map((a) => ({ key: a, value: m.name, priority: priority.get(m.name) ?? 0 }))),
+    sorted.flatMap((m) =>
+      m.aliases.flatMap((a) => {
+        const key = normalizeAlias(a);
+        return key === undefined ? [] : [{ key, value: m.name, priority: priority.get(m.name) ?? 0 }];
+      }),
+    ),
   );
   const builtinBin = buildKmodIndex(
     [...parseBuiltin(builtinText)].sort().map((name, i) => ({ key: name, value: "", priority: i })),
   );
   return { dep, softdep, alias, depBin, aliasBin, builtinBin };
+}
+
+/**
+ * An alias as kmod stores and searches it: "-" becomes "_" except inside a [...] character class (which stays a
+ * pattern); undefined for a malformed one (unbalanced brackets), which depmod skips too.
+ */
+export function normalizeAlias(alias: string): string | undefined {
+  let out = "";
+  for (let i = 0; i < alias.length; i++) {
+    const c = alias[i] as string;
+    if (c === "]") return undefined;
+    if (c === "[") {
+      const end = alias.indexOf("]", i);
+      if (end < 0) return undefined;
+      out += alias.slice(i, end + 1);
+      i = end;
+      continue;
+    }
+    out += c === "-" ? "_" : c;
+  }
+  return out;
 }
 
 /** One key → value of a kmod index; lower priority values come first. */

@@ -14,7 +14,13 @@ export interface ApplianceSpec {
   exclude: string[];
   /** Also install the suite's Essential packages (other packages assume them without declaring them). */
   essential: boolean;
+  /** Kernel modules shipped in the initramfs (with their dependencies); the kernel loads them on demand. */
   modules: string[];
+  /**
+   * Modules the init loads before it says ready, because nothing would load them on demand: their device nodes
+   * (/dev/loop-control, /dev/mapper/control) only appear once the driver is in. Each must be in `modules`.
+   */
+  preload: string[];
   /** Extra path prefixes (like "usr/include/") left out of the initramfs, on top of docs, man pages and locales. */
   drop: string[];
   /** The YAML text itself (part of the cache key). */
@@ -43,6 +49,13 @@ export function parseApplianceSpec(text: string, file = "guest/appliance.yaml"):
     if (typeof v !== "string" || !v) throw new VmdibError(`${file}: '${k}' must be a non-empty string`);
     return v;
   };
+  const modules = list("modules", true);
+  const stray = list("preload", false).filter((m) => !modules.includes(m));
+  if (stray.length) {
+    throw new VmdibError(`${file}: preload names modules not in 'modules': ${stray.join(", ")}`, {
+      hint: "add them to 'modules' too: only shipped modules can be loaded",
+    });
+  }
   return {
     suite: str("suite"),
     arch: str("arch", "amd64"),
@@ -50,7 +63,8 @@ export function parseApplianceSpec(text: string, file = "guest/appliance.yaml"):
     packages: list("packages", true),
     exclude: list("exclude", false),
     essential: o.essential === undefined ? true : o.essential === true,
-    modules: list("modules", true),
+    modules,
+    preload: list("preload", false),
     drop: list("drop", false),
     text,
   };
