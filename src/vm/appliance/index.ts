@@ -5,6 +5,7 @@ import { existsSync } from "node:fs";
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { VmdibError } from "../../errors.js";
+import { withLock } from "../../lock.js";
 import { redactUrl, resolveMirror } from "../../mirror.js";
 import { cacheDir, GUEST_DIR } from "../../paths.js";
 import {
@@ -18,7 +19,6 @@ import {
 } from "./archive.js";
 import { assembleAppliance } from "./build.js";
 import { resolveClosure } from "./closure.js";
-import { withLock } from "../../lock.js";
 import type { DebPackage, PackageIndex } from "./packages.js";
 import { loadApplianceSpec } from "./spec.js";
 
