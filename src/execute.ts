@@ -76,6 +76,9 @@ export const IMAGE_DISK_SERIAL = "vmdib-image";
 const IMAGE_DISK_CAPACITY = 2 * TiB;
 const IMAGE_DISK_GUEST = `/dev/disk/by-id/virtio-${IMAGE_DISK_SERIAL}`;
 
+/** Memory the build tree leaves to the guest's programs (apt, dpkg, sshd) when it is full. */
+const TREE_RESERVE_KIB = 512 * 1024;
+
 /** qemu-img's name of each disk format, and whether it is made by qemu-img at all. */
 const QEMU_IMG_FORMAT: Partial<Record<ImageType, string>> = {
   qcow2: "qcow2",
@@ -227,6 +230,8 @@ export async function executePlan(
       stderr.end();
       deps.onEvent({ type: "step-end", step, seconds: (Date.now() - started) / 1000, ok: code === 0 });
       if (code !== 0) {
+        const full = await spaceExhausted(machine, tail, options);
+        if (full) throw full;
         const failed = tail.map((l) => /dib-run-parts (\S+) failed with exit code (\d+)/.exec(l)).find(Boolean);
         const script = failed ? ` (${failed[1]?.replace(/.*\/([^/]+\.d)\//, "$1/")}, exit code ${failed[2]})` : "";
         throw new VmdibError(`step '${step}' failed with exit code ${code}${script}`, {
@@ -250,11 +255,13 @@ export async function executePlan(
     const script = async (name: string, text: string) => runStep(name, await writeScript(name, text));
 
     // The tree is built in tmpfs inside the guest (DIB's tmpfs build): device nodes and ownership work there, and
-    // under TCG it is far faster than any disk. The guest's memory bounds it.
+    // under TCG it is far faster than any disk. It may fill the memory the appliance leaves free but TREE_RESERVE_KIB,
+    // so that a full tree ends in ENOSPC (reported as such) rather than the OOM killer taking sshd.
     await runStep("prepare", [
       "bash",
       "-c",
-      `set -eu; mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=90%,mode=0755 vmdib-build ${GUEST_PATHS.build}`,
+      `set -eu; kib=$(( $(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) - ${TREE_RESERVE_KIB} ))
+mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 65536))k,mode=0755 vmdib-build ${GUEST_PATHS.build}`,
     ]);
     // Once the VM is stopped on the success path, the in-guest undo steps have nothing left to do.
     let vmStopped = false;
@@ -373,6 +380,52 @@ async function buildTree(
     }
   }
   return stashed;
+}
+
+/** `df -k` of the build tree (tmpfs) and of the image's root filesystem, as "target size used" lines (pure parse). */
+export function parseDf(text: string): Map<string, { sizeKiB: number; usedKiB: number }> {
+  const out = new Map<string, { sizeKiB: number; usedKiB: number }>();
+  for (const line of text.split("\n")) {
+    const [target, size, used] = line.trim().split(/\s+/);
+    if (target?.startsWith("/") && Number(size) > 0) out.set(target, { sizeKiB: Number(size), usedKiB: Number(used) });
+  }
+  return out;
+}
+
+/**
+ * A step that failed with ENOSPC: which space ran out, how much was used, and the option that gives more — instead of
+ * the cascade of I/O errors the scripts print. Undefined when the failure was something else.
+ */
+async function spaceExhausted(
+  machine: BuildMachine,
+  tail: readonly string[],
+  options: BuildOptions,
+): Promise<VmdibError | undefined> {
+  if (!tail.some((l) => /No space left on device/i.test(l))) return undefined;
+  let text = "";
+  const out = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      text += chunk.toString();
+      done();
+    },
+  });
+  const sink = quiet().stderr;
+  const df = `df -k --output=target,size,used ${GUEST_PATHS.build} ${GUEST_PATHS.targetRoot} 2>/dev/null || true`;
+  await machine.exec(["bash", "-c", df], { stdout: out, stderr: sink }).catch(() => 1);
+  const mib = (kib: number) => `${(kib / 1024).toFixed(0)} MiB`;
+  const used = parseDf(text);
+  const tree = used.get(GUEST_PATHS.build);
+  const image = used.get(GUEST_PATHS.targetRoot);
+  if (image && image.usedKiB >= image.sizeKiB * 0.95)
+    return new VmdibError(
+      `image space exhausted: the image's root filesystem is full (${mib(image.usedKiB)} used of ${mib(image.sizeKiB)})`,
+      { context: [...tail], hint: "make the image bigger with --image-size or --image-extra-size" },
+    );
+  const where = tree ? ` (${mib(tree.usedKiB)} used of ${mib(tree.sizeKiB)})` : "";
+  return new VmdibError(`build space exhausted: the build tree in the helper VM's memory is full${where}`, {
+    context: [...tail],
+    hint: `the tree may use the helper VM's free memory but 512 MiB: raise it with --memory (now ${options.memoryMb} MB)`,
+  });
 }
 
 /** The local_loop the layout's IMAGE_BLOCK_DEVICE comes from (DIB: image0), attached as the image disk. */

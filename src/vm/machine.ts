@@ -425,11 +425,17 @@ function makeMachine(p: MachineParts): Machine {
           context: tail.length ? ["serial console:", ...tail] : [],
           hint: "the guest's console is above; if the guest ran out of memory or disk, give it more",
         })
-      : new VmdibError(`lost the SSH connection to the appliance while running ${what}`, {
-          cause: err,
-          context: tail.length ? ["serial console:", ...tail] : [],
-          hint: "the guest stopped answering; its console is above",
-        });
+      : tail.some((l) => /Out of memory: Killed process/.test(l))
+        ? new VmdibError(`the appliance ran out of memory while running ${what}`, {
+            cause: err,
+            context: ["serial console:", ...tail],
+            hint: "give the helper VM more memory with --memory",
+          })
+        : new VmdibError(`lost the SSH connection to the appliance while running ${what}`, {
+            cause: err,
+            context: tail.length ? ["serial console:", ...tail] : [],
+            hint: "the guest stopped answering; its console is above",
+          });
     await preserveSerialLog(p.serialLog, p.env, e);
     throw e;
   }
