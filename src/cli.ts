@@ -2,6 +2,7 @@
 
 import type { Command, CommandContext } from "./commands/context.js";
 import { VmdibError } from "./errors.js";
+import { redactSecrets } from "./redact.js";
 import { VERSION } from "./version.js";
 
 /** Subcommands, loaded lazily so `vmdib --version` stays fast. */
@@ -33,6 +34,10 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   test: {
     summary: "boot a built disk image headless and check it (login prompt, console, root by label, SSH)",
     load: async () => (await import("./commands/test-image.js")).run,
+  },
+  doctor: {
+    summary: "check that a build can run here (QEMU, accelerator, space, mirror, appliance) and say how to fix it",
+    load: async () => (await import("./commands/doctor.js")).run,
   },
   help: { summary: "show help for a command", load: async () => helpCommand },
 };
@@ -85,7 +90,7 @@ export async function main(argv: string[], ctx: Omit<CommandContext, "args">): P
     }
     return await (await command.load())({ ...ctx, args });
   } catch (err) {
-    ctx.stderr.write(renderError(err, debug));
+    ctx.stderr.write(redactSecrets(renderError(err, debug)));
     return err instanceof VmdibError ? err.exitCode : 1;
   }
 }
