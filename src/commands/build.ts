@@ -24,6 +24,7 @@ import { withLock } from "../lock.js";
 import { resolveMirror } from "../mirror.js";
 import { cacheDir, GUEST_DIR } from "../paths.js";
 import { type BuildPlan, blockDeviceParams, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
+import { lineRedactor, redactSecrets } from "../redact.js";
 import { prepareDebootstrapStage1 } from "../rootfs/debootstrap.js";
 import { VERSION } from "../version.js";
 import { makeWorkDir } from "../workdir.js";
@@ -107,7 +108,8 @@ export const run: Command = async (ctx) => {
   const { plan, config, warnings } = await planBuild(options, ctx);
   for (const w of warnings) ctx.stderr.write(`vmdib: warning: ${w}\n`);
   if (options.dryRun) {
-    ctx.stdout.write(options.json ? `${JSON.stringify(plan, null, 2)}\n` : renderPlan(plan));
+    // Redacted: DIB_* values may hold a proxy URL with credentials or a key (the plan itself keeps them).
+    ctx.stdout.write(redactSecrets(options.json ? `${JSON.stringify(plan, null, 2)}\n` : renderPlan(plan)));
     return 0;
   }
   return await withOutputLock(plan, ctx, () => execute(plan, options, config, ctx));
@@ -281,9 +283,12 @@ async function withDebootstrapStage1(
 /** DIB's log style on a pipe (`YYYY-MM-DD HH:MM:SS.mmm | line`), one JSON object per event with --json. */
 function eventRenderer(ctx: CommandContext, options: BuildOptions): (e: BuildEvent) => void {
   const stamp = () => new Date().toISOString().replace("T", " ").slice(0, 23);
-  return (e) => {
+  const redactLine = lineRedactor();
+  return (raw) => {
+    // Script output may print a proxy URL with credentials or a private key: neither reaches the log.
+    const e = raw.type === "output" ? { ...raw, line: redactLine(raw.line) } : raw;
     if (options.json) {
-      ctx.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...e })}\n`);
+      ctx.stdout.write(`${redactSecrets(JSON.stringify({ time: new Date().toISOString(), ...e }))}\n`);
       return;
     }
     let line: string;
@@ -304,6 +309,6 @@ function eventRenderer(ctx: CommandContext, options: BuildOptions): (e: BuildEve
         line = `wrote ${e.path} (${e.format}, ${(e.bytes / 1024 ** 2).toFixed(1)} MiB)`;
         break;
     }
-    ctx.stdout.write(`${stamp()} | ${line}\n`);
+    ctx.stdout.write(`${stamp()} | ${redactSecrets(line)}\n`);
   };
 }
