@@ -72,7 +72,37 @@ export async function findQemu(env: NodeJS.ProcessEnv = process.env, platform = 
   }).catch((err: unknown) => {
     throw new VmdibError(`${binary} does not run`, { cause: err, hint: "check the QEMU installation" });
   });
-  return { binary, version: out.split("\n")[0]?.trim() ?? "unknown" };
+  const version = out.split("\n")[0]?.trim() ?? "unknown";
+  const parsed = parseQemuVersion(version);
+  if (parsed && compareVersion(parsed, MIN_QEMU_VERSION) < 0) {
+    throw new VmdibError(
+      `${binary} is QEMU ${parsed.join(".")}, too old: vmdib needs QEMU ${MIN_QEMU_VERSION.join(".")} or newer`,
+      {
+        hint:
+          platform === "darwin"
+            ? "upgrade QEMU with `brew upgrade qemu`, or put a newer qemu-system-x86_64 first on PATH"
+            : "install a newer QEMU (Debian 11+/Ubuntu 22.04+ ship one: `sudo apt-get install qemu-system-x86`), or put a newer qemu-system-x86_64 first on PATH",
+      },
+    );
+  }
+  return { binary, version };
+}
+
+/**
+ * The oldest QEMU whose flags vmdib uses: booting an uncompressed vmlinux through its PVH entry came with 4.0, and
+ * accelerator properties on `-accel` (`tcg,thread=multi`) with 4.2.
+ */
+export const MIN_QEMU_VERSION: readonly [number, number, number] = [4, 2, 0];
+
+/** [major, minor, micro] from `qemu-system-x86_64 --version`'s first line, or undefined when it has no version. */
+export function parseQemuVersion(line: string): [number, number, number] | undefined {
+  const m = /version (\d+)\.(\d+)(?:\.(\d+))?/.exec(line);
+  return m ? [Number(m[1]), Number(m[2]), Number(m[3] ?? 0)] : undefined;
+}
+
+function compareVersion(a: readonly number[], b: readonly number[]): number {
+  for (let i = 0; i < 3; i++) if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) - (b[i] ?? 0);
+  return 0;
 }
 
 export interface ProbeOutcome {
