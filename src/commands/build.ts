@@ -1,6 +1,6 @@
 // `vmdib build`: options → elements → block-device layout → plan; `--dry-run` prints the plan, else it is executed.
 import { constants as fsc } from "node:fs";
-import { access, mkdir, rm } from "node:fs/promises";
+import { access, mkdir, readFile, rm } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { execa } from "execa";
 import { type BlockDeviceConfig, loadBlockDeviceConfig } from "../blockdev/config.js";
@@ -25,8 +25,10 @@ import { resolveMirror } from "../mirror.js";
 import { cacheDir, GUEST_DIR } from "../paths.js";
 import { type BuildPlan, blockDeviceParams, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
 import { lineRedactor, redactSecrets } from "../redact.js";
+import { type BuildReport, collectReport, renderReport } from "../report.js";
 import { prepareDebootstrapStage1 } from "../rootfs/debootstrap.js";
 import { VERSION } from "../version.js";
+import { sha256File } from "../vm/appliance/archive.js";
 import { makeWorkDir } from "../workdir.js";
 import type { Command, CommandContext } from "./context.js";
 import { bootFromCli } from "./run.js";
@@ -141,14 +143,24 @@ async function withOutputLock<T>(plan: BuildPlan, ctx: CommandContext, fn: () =>
 
 /** Boots the helper VM with the build's shares and image disk, walks the plan, reports progress. */
 async function execute(planned: BuildPlan, options: BuildOptions, config: BlockDeviceConfig, ctx: CommandContext) {
-  const render = eventRenderer(ctx, options);
+  const { report, onEvent: collect } = collectReport();
+  const print = eventRenderer(ctx, options);
+  const render = (e: BuildEvent) => {
+    collect(e);
+    print(e);
+  };
   const imageCache = options.imageCache ?? join(cacheDir(ctx.env), "image-create");
   await mkdir(imageCache, { recursive: true });
-  const plan = await withDebootstrapStage1(planned, options, imageCache, ctx, render);
+  const plan = await withDebootstrapStage1(planned, options, imageCache, ctx, render, report);
   const trees = join(cacheDir(ctx.env), "trees");
   const treeCache = await treeCacheStep(plan, options, trees, render);
+  report.caches.push({
+    name: "tree after post-root.d",
+    result: `${treeCache.restoreFrom ? "hit" : "miss"} ${treeCache.key}`,
+  });
   const workDir = await makeWorkDir(plan);
   const started = Date.now();
+  let ok = false;
   try {
     await executePlan(plan, options, config, workDir, {
       cwd: ctx.cwd,
@@ -172,18 +184,31 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
           ],
           disks: [{ serial: req.imageDisk.serial, path: req.imageDisk.path, format: "raw" }],
         });
+        report.accel = `${machine.accel.accel} (${machine.accel.reason})`;
         return {
           exec: (argv, io) => machine.exec(argv, io),
           stop: () => machine.stop(),
         };
       },
     });
+    ok = true;
   } finally {
     await rm(workDir, { recursive: true, force: true });
     if (treeCache.saveTo) await rm(join(trees, basename(treeCache.saveTo)), { force: true });
+    report.totalSeconds = (Date.now() - started) / 1000;
+    if (ok) for (const o of report.outputs) o.sha256 = await outputSha256(o.path);
+    if (options.json)
+      ctx.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), type: "summary", ...report })}\n`);
+    else ctx.stdout.write(renderReport(report));
   }
-  render({ type: "info", message: `build finished in ${((Date.now() - started) / 1000).toFixed(1)} s` });
+  render({ type: "info", message: `build finished in ${report.totalSeconds.toFixed(1)} s` });
   return 0;
+}
+
+/** An output's sha256: from the .sha256 file --checksum wrote next to it, else computed. */
+async function outputSha256(path: string): Promise<string> {
+  const written = await readFile(`${path}.sha256`, "utf8").catch(() => "");
+  return /^[0-9a-f]{64}/.exec(written)?.[0] ?? (await sha256File(path));
 }
 
 /**
@@ -244,6 +269,7 @@ async function withDebootstrapStage1(
   imageCache: string,
   ctx: CommandContext,
   render: (e: BuildEvent) => void,
+  report: BuildReport,
 ): Promise<BuildPlan> {
   const started = Date.now();
   try {
@@ -264,6 +290,7 @@ async function withDebootstrapStage1(
       },
     });
     if (!stage1) return plan;
+    report.caches.push({ name: "debootstrap stage one", result: `${stage1.hit ? "hit" : "miss"} ${stage1.key}` });
     render({
       type: "info",
       message: `debootstrap stage one ${stage1.hit ? "cached" : "built"} on the host (key ${stage1.key}) in ${((Date.now() - started) / 1000).toFixed(1)} s`,
