@@ -39,6 +39,10 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
     summary: "check that a build can run here (QEMU, accelerator, space, mirror, appliance) and say how to fix it",
     load: async () => (await import("./commands/doctor.js")).run,
   },
+  completion: {
+    summary: "print a bash or zsh completion script",
+    load: async () => (await import("./commands/completion.js")).completionCommand(Object.keys(COMMANDS)),
+  },
   help: { summary: "show help for a command", load: async () => helpCommand },
 };
 
