@@ -29,3 +29,13 @@ t.test("line by line: the lines between BEGIN and END are dropped", async (t) =>
   const out = ["ok", ...KEY, "after http://a:b@c/"].map(r);
   t.same(out, ["ok", `${KEY[0]} ***`, "***", "***", KEY[3], "after http://***@c/"]);
 });
+
+t.test("serialized JSON stays valid JSON: a key's redaction stops at the end of its string", async (t) => {
+  const event = { type: "output", line: KEY[0], next: "kept" };
+  const out = redactSecrets(JSON.stringify(event));
+  t.same(JSON.parse(out), { type: "output", line: `${KEY[0]} ***`, next: "kept" });
+  const plan = redactSecrets(JSON.stringify({ env: { K: KEY.join("\n"), P: "http://u:p@h/" }, after: 1 }, null, 2));
+  t.same(JSON.parse(plan), { env: { K: `${KEY[0]} *** ${KEY[3]}`, P: "http://***@h/" }, after: 1 });
+  const pem = ["-----BEGIN RSA PRIVATE KEY-----", "Proc-Type: 4,ENCRYPTED", "DEK-Info: AES-128-CBC,00FF", "", "QUJD"];
+  t.notMatch(redactSecrets(pem.join("\n")), /ENCRYPTED|QUJD/, "PEM headers are part of the body");
+});
