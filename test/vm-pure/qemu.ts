@@ -27,7 +27,7 @@ t.test("appliance argv snapshot (tcg, 2 cores)", async (t) => {
     "-accel",
     "tcg,thread=multi",
     "-cpu",
-    "max",
+    "max,-erms,-fsrm",
     "-smp",
     "2",
     "-m",
