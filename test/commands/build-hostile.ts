@@ -2,7 +2,7 @@
 // non-ASCII; element names and DIB_* values with shell metacharacters (never evaluated, carried literally); proxy
 // credentials and private keys in the environment (never printed, as text or --json).
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
@@ -88,3 +88,18 @@ t.test("no credentials in an error message either", async (t) => {
   t.match(r.stderr, /element 'http:\/\/\*\*\*@mirror\.example\.invalid\/x' not found/);
   t.notMatch(r.stderr, /s3cret/);
 });
+
+t.test(
+  "an output directory without write permission: exit 2 before anything boots",
+  { skip: process.getuid?.() === 0 ? "root may write anywhere; run as a normal user" : false },
+  async (t) => {
+    const { dir } = await scratch(t);
+    const ro = join(dir, "read-only");
+    await mkdir(ro, { mode: 0o555 });
+    t.teardown(() => chmod(ro, 0o755));
+    const r = await vmdib(["build", "-n", "-o", join(ro, "img"), "tiny-os"], { ...ENV, ELEMENTS_PATH: TINY }, dir);
+    t.equal(r.code, 2, r.stderr);
+    t.match(r.stderr, /cannot write to the output directory .*read-only \(EACCES\)/);
+    t.match(r.stderr, /hint: /);
+  },
+);
