@@ -53,6 +53,7 @@ export interface BuildOptions {
   readonly elementsPath: readonly string[];
   readonly dryRun: boolean;
   readonly json: boolean;
+  readonly quiet: boolean;
   readonly accel: Accel | undefined;
   readonly noCache: boolean;
   readonly memoryMb: number;
@@ -330,9 +331,17 @@ export const SETTINGS = [
     long: "logfile",
     kind: "value",
     metavar: "FILE",
-    help: "write the full build log to FILE",
+    help: "write the full build log to FILE; the terminal then shows the steps and the summary",
     parse: nonEmpty,
     default: undefined,
+  }),
+  row({
+    key: "quiet",
+    short: "q",
+    long: "quiet",
+    kind: "flag",
+    help: "print only the outputs, the summary and errors",
+    default: false,
   }),
   row({
     key: "fsType",

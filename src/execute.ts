@@ -32,13 +32,18 @@ export type BuildEvent =
   | { readonly type: "step-end"; readonly step: string; readonly seconds: number; readonly ok: boolean }
   | { readonly type: "output"; readonly step: string; readonly stream: "stdout" | "stderr"; readonly line: string }
   | { readonly type: "info"; readonly message: string }
-  | { readonly type: "artifact"; readonly path: string; readonly format: ImageType; readonly bytes: number };
+  | { readonly type: "artifact"; readonly path: string; readonly format: ImageType; readonly bytes: number }
+  | { readonly type: "progress"; readonly step: string; readonly done: number; readonly total: number };
 
 export interface ExecuteDeps {
   /** Boots the helper VM with the work dir, element shares and the image disk attached. */
   readonly startMachine: (spec: MachineRequest) => Promise<BuildMachine & { stop(): Promise<void> }>;
   /** Runs the host's qemu-img (no root needed) with these arguments. */
-  readonly qemuImg: (args: readonly string[], signal: AbortSignal) => Promise<void>;
+  readonly qemuImg: (
+    args: readonly string[],
+    signal: AbortSignal,
+    onProgress?: (fraction: number) => void,
+  ) => Promise<void>;
   /** Runs another host tool (tar for the docker archive, docker when a daemon is there); default: execa. */
   readonly run?: ToolRunner;
   readonly onEvent: (e: BuildEvent) => void;
@@ -540,10 +545,12 @@ export async function publishOutputs(
           }
           break;
         }
-        default:
-          await timed(`convert ${o.type}`, () =>
-            deps.qemuImg(convertArgv(imagePath, tmp, o.type, options), deps.signal),
-          );
+        default: {
+          const step = `convert ${o.type}`;
+          const total = (await stat(imagePath)).size;
+          const onProgress = (f: number) => deps.onEvent({ type: "progress", step, done: f * total, total });
+          await timed(step, () => deps.qemuImg(convertArgv(imagePath, tmp, o.type, options), deps.signal, onProgress));
+        }
       }
     }
     // The manifests element leaves <name>.d/ next to the image, as DIB does.

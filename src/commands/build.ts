@@ -1,7 +1,8 @@
 // `vmdib build`: options → elements → block-device layout → plan; `--dry-run` prints the plan, else it is executed.
-import { constants as fsc } from "node:fs";
+import { createWriteStream, constants as fsc } from "node:fs";
 import { access, mkdir, readFile, rm } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
+import type { Writable } from "node:stream";
 import { execa } from "execa";
 import { type BlockDeviceConfig, loadBlockDeviceConfig } from "../blockdev/config.js";
 import { blockDeviceInitInfo, describeBlockDevicePlan, planBlockDevice } from "../blockdev/graph.js";
@@ -24,6 +25,7 @@ import { withLock } from "../lock.js";
 import { resolveMirror } from "../mirror.js";
 import { cacheDir, GUEST_DIR } from "../paths.js";
 import { type BuildPlan, blockDeviceParams, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
+import { createView, loadTimings, saveTimings, type Timings, timingsKey } from "../progress.js";
 import { lineRedactor, redactSecrets } from "../redact.js";
 import { type BuildReport, collectReport, renderReport } from "../report.js";
 import { prepareDebootstrapStage1 } from "../rootfs/debootstrap.js";
@@ -144,10 +146,16 @@ async function withOutputLock<T>(plan: BuildPlan, ctx: CommandContext, fn: () =>
 /** Boots the helper VM with the build's shares and image disk, walks the plan, reports progress. */
 async function execute(planned: BuildPlan, options: BuildOptions, config: BlockDeviceConfig, ctx: CommandContext) {
   const { report, onEvent: collect } = collectReport();
-  const print = eventRenderer(ctx, options);
+  const timings = join(cacheDir(ctx.env), "timings");
+  const timingKey = timingsKey(
+    planned.elements.map((e) => e.name),
+    planned.outputs.map((o) => o.type),
+  );
+  const logfile = options.logfile ? createWriteStream(resolve(ctx.cwd, options.logfile), { flags: "w" }) : undefined;
+  const view = buildView(ctx, options, await loadTimings(timings, timingKey), logfile);
   const render = (e: BuildEvent) => {
     collect(e);
-    print(e);
+    view.onEvent(e);
   };
   const imageCache = options.imageCache ?? join(cacheDir(ctx.env), "image-create");
   await mkdir(imageCache, { recursive: true });
@@ -167,8 +175,15 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
       signal: ctx.signal,
       onEvent: render,
       treeCache,
-      qemuImg: async (args, signal) => {
-        await execa("qemu-img", args, { cancelSignal: signal, stdio: ["ignore", "ignore", "pipe"] });
+      qemuImg: async ([verb = "convert", ...rest], signal, onProgress) => {
+        // -p: qemu-img prints "(NN.NN/100%)" as it goes; the view turns it into a progress bar.
+        const child = execa("qemu-img", [verb, "-p", ...rest], { cancelSignal: signal, stdin: "ignore" });
+        child.stdout?.on("data", (chunk: Buffer) => {
+          const all = [...chunk.toString().matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)];
+          const last = all[all.length - 1]?.[1];
+          if (last !== undefined) onProgress?.(Number(last) / 100);
+        });
+        await child;
       },
       startMachine: async (req) => {
         const machine = await bootFromCli(ctx, {
@@ -176,6 +191,7 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
           memoryMiB: options.memoryMb,
           offline: options.offline,
           verbose: !options.json,
+          log: (message) => render({ type: "info", message }),
           shares: [
             { hostPath: req.workDir, guestPath: GUEST_PATHS.work, readonly: false },
             { hostPath: imageCache, guestPath: GUEST_PATHS.imageCache, readonly: false },
@@ -196,12 +212,18 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
     await rm(workDir, { recursive: true, force: true });
     if (treeCache.saveTo) await rm(join(trees, basename(treeCache.saveTo)), { force: true });
     report.totalSeconds = (Date.now() - started) / 1000;
-    if (ok) for (const o of report.outputs) o.sha256 = await outputSha256(o.path);
-    if (options.json)
-      ctx.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), type: "summary", ...report })}\n`);
-    else ctx.stdout.write(renderReport(report));
+    view.close();
+    if (ok) {
+      for (const o of report.outputs) o.sha256 = await outputSha256(o.path);
+      const steps = Object.fromEntries(report.steps.map((s) => [s.name, s.seconds]));
+      await saveTimings(timings, timingKey, { steps, total: report.totalSeconds }).catch(() => undefined);
+    }
+    const summary = options.json
+      ? `${JSON.stringify({ time: new Date().toISOString(), type: "summary", ...report })}\n`
+      : renderReport(report);
+    ctx.stdout.write(summary);
+    if (logfile) await new Promise((done) => logfile.end(summary, () => done(undefined)));
   }
-  render({ type: "info", message: `build finished in ${report.totalSeconds.toFixed(1)} s` });
   return 0;
 }
 
@@ -307,35 +329,21 @@ async function withDebootstrapStage1(
   }
 }
 
-/** DIB's log style on a pipe (`YYYY-MM-DD HH:MM:SS.mmm | line`), one JSON object per event with --json. */
-function eventRenderer(ctx: CommandContext, options: BuildOptions): (e: BuildEvent) => void {
-  const stamp = () => new Date().toISOString().replace("T", " ").slice(0, 23);
+/** The build's view (src/progress.ts) on stdout, with secrets kept out of every line and JSON event. */
+function buildView(ctx: CommandContext, options: BuildOptions, last: Timings | undefined, logfile?: Writable) {
   const redactLine = lineRedactor();
-  return (raw) => {
+  const view = createView(ctx.stdout, {
+    json: options.json,
+    quiet: options.quiet,
+    tty: Boolean(ctx.stdout.isTTY),
+    ...(ctx.stdout.columns ? { columns: ctx.stdout.columns } : {}),
+    ...(logfile ? { logfile } : {}),
+    ...(last ? { last } : {}),
+    redact: redactSecrets,
+  });
+  return {
     // Script output may print a proxy URL with credentials or a private key: neither reaches the log.
-    const e = raw.type === "output" ? { ...raw, line: redactLine(raw.line) } : raw;
-    if (options.json) {
-      ctx.stdout.write(`${redactSecrets(JSON.stringify({ time: new Date().toISOString(), ...e }))}\n`);
-      return;
-    }
-    let line: string;
-    switch (e.type) {
-      case "step-start":
-        line = `==> ${e.step} (${e.where})`;
-        break;
-      case "step-end":
-        line = `<== ${e.step} ${e.ok ? "done" : "FAILED"} in ${e.seconds.toFixed(1)} s`;
-        break;
-      case "output":
-        line = e.line;
-        break;
-      case "info":
-        line = e.message;
-        break;
-      case "artifact":
-        line = `wrote ${e.path} (${e.format}, ${(e.bytes / 1024 ** 2).toFixed(1)} MiB)`;
-        break;
-    }
-    ctx.stdout.write(`${stamp()} | ${redactSecrets(line)}\n`);
+    onEvent: (e: BuildEvent) => view.onEvent(e.type === "output" ? { ...e, line: redactLine(e.line) } : e),
+    close: view.close,
   };
 }

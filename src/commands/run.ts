@@ -28,6 +28,8 @@ export interface VmOptions extends VmFlags {
   /** Host files attached as virtio disks (the build's image disk). */
   disks?: DiskRequest[];
   offline: boolean;
+  /** Where progress lines go instead of stderr (a build's view). */
+  log?: (line: string) => void;
 }
 
 function parseShare(value: string | undefined, cwd: string): ShareRequest {
@@ -60,9 +62,11 @@ export function parseVmArgs(args: readonly string[], cwd: string): { options: Vm
 
 /** Appliance → QEMU → accelerator → booted machine, reporting progress on stderr when verbose. */
 export async function bootFromCli(ctx: CommandContext, options: VmOptions): Promise<Machine> {
-  const say = (line: string) => {
-    if (options.verbose) ctx.stderr.write(`vmdib: ${line}\n`);
-  };
+  const say =
+    options.log ??
+    ((line: string) => {
+      if (options.verbose) ctx.stderr.write(`vmdib: ${line}\n`);
+    });
   const qemu = await findQemu(ctx.env);
   const appliance = await ensureAppliance({
     env: ctx.env,

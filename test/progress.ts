@@ -1,0 +1,116 @@
+// Tests for src/progress.ts: the status line, the estimate, and what each kind of view writes.
+import { Writable } from "node:stream";
+import t from "tap";
+import type { BuildEvent } from "../src/execute.js";
+import { createView, estimateRemaining, statusLine, timingsKey } from "../src/progress.js";
+
+const ESC = "\u001b";
+
+class Sink extends Writable {
+  text = "";
+  override _write(chunk: Buffer, _e: BufferEncoding, done: () => void) {
+    this.text += chunk.toString();
+    done();
+  }
+}
+
+const EVENTS: BuildEvent[] = [
+  { type: "step-start", step: "install", where: "chroot" },
+  { type: "output", step: "install", stream: "stdout", line: "dib-run-parts Running /tmp/in_target.d/install.d/50-x" },
+  { type: "output", step: "install", stream: "stdout", line: "secret=hunter2" },
+  { type: "step-end", step: "install", seconds: 5, ok: true },
+  { type: "step-start", step: "convert qcow2", where: "host" },
+  { type: "progress", step: "convert qcow2", done: 512 * 1024 ** 2, total: 1024 ** 3 },
+  { type: "step-end", step: "convert qcow2", seconds: 2, ok: true },
+  { type: "artifact", path: "out/x.qcow2", format: "qcow2", bytes: 1024 ** 2 },
+];
+
+t.test("status line: elapsed, step, script, progress bar with rate, estimate; cut to the width", async (t) => {
+  const line = statusLine(
+    {
+      step: "convert qcow2",
+      where: "host",
+      elapsedS: 75,
+      remainingS: 3600 + 61,
+      progress: { done: 512 * 1024 ** 2, total: 1024 ** 3, rate: 100 * 1024 ** 2 },
+    },
+    200,
+  );
+  t.equal(
+    line,
+    "[1:15]  convert qcow2 (host)  [##########..........] 50% 512 MiB/1024 MiB, 100 MiB/s  about 1:01:01 left",
+  );
+  t.equal(statusLine({ step: "install", where: "chroot", script: "50-x", elapsedS: 3 }, 20).length, 19);
+});
+
+t.test("estimate: the last build's steps not yet run, plus what is left of this one", async (t) => {
+  const last = { steps: { root: 600, install: 300, "convert qcow2": 20 }, total: 920 };
+  t.equal(estimateRemaining(last, new Set(["root"]), "install", 100), 220);
+  t.equal(estimateRemaining(last, new Set(["root"]), "install", 400), 20, "a slow step never counts below zero");
+  t.equal(timingsKey(["vm", "debian-minimal"], ["qcow2"]), timingsKey(["debian-minimal", "vm"], ["qcow2"]));
+});
+
+t.test("pipe: timestamped lines, no escape codes; secrets redacted", async (t) => {
+  const out = new Sink();
+  const view = createView(out, { json: false, quiet: false, tty: false, redact: (s) => s.replace("hunter2", "***") });
+  for (const e of EVENTS) view.onEvent(e);
+  view.close();
+  t.notOk(out.text.includes(ESC), "no escape codes");
+  t.match(out.text, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| ==> install \(chroot\)$/m);
+  t.match(out.text, /\| secret=\*\*\*$/m);
+  t.notMatch(out.text, /hunter2/);
+  t.match(out.text, /\| wrote out\/x\.qcow2 \(qcow2, 1\.0 MiB\)$/m);
+});
+
+t.test("terminal: the same lines with a status line drawn under them and cleared at the end", async (t) => {
+  const out = new Sink();
+  let clock = 0;
+  const view = createView(out, {
+    json: false,
+    quiet: false,
+    tty: true,
+    columns: 120,
+    now: () => clock,
+    last: { steps: { install: 10, "convert qcow2": 4 }, total: 14 },
+  });
+  view.onEvent(EVENTS[0] as BuildEvent);
+  clock = 2000;
+  view.onEvent(EVENTS[1] as BuildEvent);
+  t.ok(out.text.endsWith(`\r${ESC}[K[0:02]  install (chroot)  50-x  about 0:12 left`), "step, script, estimate");
+  for (const e of EVENTS.slice(2, 5)) view.onEvent(e);
+  clock = 3000;
+  view.onEvent(EVENTS[5] as BuildEvent);
+  t.match(out.text, /\[##########\.{10}\] 50%/, "conversion progress");
+  view.close();
+  t.ok(out.text.endsWith(`\r${ESC}[K`), "the status line is cleared");
+});
+
+t.test(
+  "--logfile keeps every line; the terminal gets no script output. -q: only artifacts. --json: events",
+  async (t) => {
+    const out = new Sink();
+    const log = new Sink();
+    const view = createView(out, { json: false, quiet: false, tty: false, logfile: log });
+    for (const e of EVENTS) view.onEvent(e);
+    t.match(log.text, /\| secret=hunter2$/m);
+    t.notMatch(out.text, /secret=/);
+    t.match(out.text, /==> install/);
+
+    const quiet = new Sink();
+    const q = createView(quiet, { json: false, quiet: true, tty: false });
+    for (const e of EVENTS) q.onEvent(e);
+    t.same(quiet.text.trim().split("\n").length, 1);
+    t.match(quiet.text, /wrote out\/x\.qcow2/);
+
+    const json = new Sink();
+    const j = createView(json, { json: true, quiet: false, tty: true });
+    for (const e of EVENTS) j.onEvent(e);
+    j.close();
+    const events = json.text
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    t.equal(events.length, EVENTS.length, "one JSON object per event, no status line");
+    t.match(events[5], { type: "progress", done: 512 * 1024 ** 2, total: 1024 ** 3 });
+  },
+);
