@@ -230,7 +230,23 @@ export async function executePlan(
       const tail: string[] = [];
       const stdout = lineStream(step, "stdout", deps, tail);
       const stderr = lineStream(step, "stderr", deps, tail);
-      const code = await machine.exec(argv, { stdout, stderr, signal: deps.signal });
+      let code: number;
+      try {
+        code = await machine.exec(argv, { stdout, stderr, signal: deps.signal });
+      } catch (err) {
+        // The VM died or stopped answering mid-step: name the step and the script that was running, with its last lines.
+        if (deps.signal?.aborted || !(err instanceof VmdibError)) throw err;
+        const running = tail
+          .map((l) => /dib-run-parts Running (\S+)/.exec(l)?.[1])
+          .filter(Boolean)
+          .pop();
+        const script = running ? ` in ${running.replace(/.*\/([^/]+\.d)\//, "$1/")}` : "";
+        throw new VmdibError(`step '${step}' failed${script}: ${err.message}`, {
+          cause: err,
+          context: [...(tail.length ? ["last output:", ...tail] : []), ...err.context],
+          ...(err.hint ? { hint: err.hint } : {}),
+        });
+      }
       stdout.end();
       stderr.end();
       deps.onEvent({ type: "step-end", step, seconds: (Date.now() - started) / 1000, ok: code === 0 });
