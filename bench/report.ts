@@ -67,6 +67,23 @@ export function goalLine(r: GroupResult, g: GroupResult["goals"][number]): strin
   return `- Goal: ${g.text} — ${num} / ${den} = ${formatRatio(q)}, limit ${formatRatio(g.max)}: **${met ? "met" : "not met"}**.`;
 }
 
+/** Rows whose slowest run took more than this many times their fastest are called out under the table. */
+export const WIDE_SPREAD = 1.5;
+
+/** A warning when runs of the same measurement disagree widely (a busy machine), else undefined. */
+export function spreadWarning(r: GroupResult): string | undefined {
+  const wide = r.rows
+    .map((row) => ({ row, s: metricSummary(r, row) }))
+    .filter(({ s }) => s && s.n > 1 && s.min > 0 && s.max / s.min > WIDE_SPREAD);
+  if (!wide.length) return undefined;
+  const worst = Math.max(...wide.map(({ s }) => (s ? s.max / s.min : 0)));
+  return (
+    `- Caution: in ${wide.length} of ${r.rows.length} rows the slowest run took over ${WIDE_SPREAD}× the fastest ` +
+    `(up to ${formatRatio(worst)}): the machine was busy, so single figures are rough; medians of interleaved ` +
+    "rounds keep the ratios usable, and a rerun on a quiet machine gives better absolute times."
+  );
+}
+
 /** One group's section of BENCHMARKS.md, between markers so a later partial run can replace it. */
 export function renderSection(r: GroupResult, info: RunInfo): string {
   const rows = r.rows.map((row) => {
@@ -98,7 +115,8 @@ export function renderSection(r: GroupResult, info: RunInfo): string {
     table(["Measurement", "median", "min – max", "n", "ratio (medians)"], ["l", "r", "r", "r", "l"], rows),
     "",
     ...r.goals.map((g) => goalLine(r, g)),
-    ...(r.goals.length ? [""] : []),
+    ...[spreadWarning(r)].filter((w): w is string => w !== undefined),
+    ...(r.goals.length || spreadWarning(r) ? [""] : []),
     "What each workload does:",
     "",
     ...used.map((w) => `- \`${w}\`: ${r.describe[w] ?? ""}${r.skipped[w] ? ` **Not measured: ${r.skipped[w]}**` : ""}`),

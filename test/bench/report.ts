@@ -1,5 +1,5 @@
 // Tests bench/report.ts: the section's table (medians, ranges, ratios to the reference row), "not measured" rows with
-// the reason, goal verdicts, and a partial run replacing only its own section of an existing BENCHMARKS.md.
+// the reason, goal verdicts, a warning when runs disagree widely, and a partial run replacing only its own section.
 import t from "tap";
 import {
   goalLine,
@@ -8,6 +8,7 @@ import {
   REPORT_HEADER,
   type RunInfo,
   renderSection,
+  spreadWarning,
 } from "../../bench/report.js";
 import type { GroupResult } from "../../bench/workload.js";
 
@@ -110,4 +111,15 @@ t.test("mergeReport replaces the sections that ran, keeps the others, in group o
   t.match(s.get("ready"), /new ready/);
   t.match(s.get("build"), /old build/);
   t.notMatch(next, /hand edit/, "the file is generated: text outside the sections is not kept");
+});
+
+t.test("a wide spread between runs is called out; a narrow one or a single run is not", async (t) => {
+  const calm = result({ lg: { launch: [30_000, 31_000, 32_000] }, vm: { total: [7_000, 7_500, 8_000] } });
+  t.equal(spreadWarning(calm), undefined);
+  t.notMatch(renderSection(calm, info), /Caution/);
+  t.equal(spreadWarning(result({ lg: { launch: [10_000] }, vm: { total: [90_000] } })), undefined);
+  const busy = result({ lg: { launch: [44_000, 49_000, 85_000] }, vm: { total: [17_600, 20_900, 40_500] } });
+  const w = spreadWarning(busy) ?? "";
+  t.match(w, "in 2 of 2 rows the slowest run took over 1.5× the fastest (up to 2.30×)");
+  t.match(renderSection(busy, info), w);
 });
