@@ -1,5 +1,6 @@
 // One SETTINGS table for `vmdib build`: flag, DIB environment variable, parser, default and help → frozen options.
 import { parseImageSizeFlag } from "./blockdev/size.js";
+import { PHASES } from "./elements/phases.js";
 import { UsageError } from "./errors.js";
 import { parseAccel } from "./vm/probe.js";
 import type { Accel } from "./vm/qemu.js";
@@ -54,6 +55,8 @@ export interface BuildOptions {
   readonly dryRun: boolean;
   readonly json: boolean;
   readonly quiet: boolean;
+  /** DIB's break points (`--break`, `break=`): where a shell opens during the build. */
+  readonly breakAt: readonly string[];
   readonly accel: Accel | undefined;
   readonly noCache: boolean;
   readonly memoryMb: number;
@@ -112,6 +115,14 @@ function imageType(raw: string, where: string): ImageType {
     throw `${where}: unknown image type '${t}' (known: ${IMAGE_TYPES.join(", ")})`;
   }
   return t as ImageType;
+}
+
+/** DIB's break points: before-PHASE, after-PHASE (PHASE as in root.d without .d), after-error. */
+function breakPoint(raw: string, where: string): string {
+  const phases = PHASES.map((p) => p.name);
+  const m = /^(before|after)-(.+)$/.exec(raw);
+  if (raw === "after-error" || (m?.[2] && phases.includes(m[2]))) return raw;
+  throw `${where}: unknown break point '${raw}' (before-PHASE, after-PHASE or after-error; phases: ${phases.join(", ")})`;
 }
 
 function nonEmpty(raw: string, where: string): string {
@@ -336,6 +347,15 @@ export const SETTINGS = [
     default: undefined,
   }),
   row({
+    key: "breakAt",
+    long: "break",
+    env: "break",
+    kind: "list",
+    metavar: "POINT[,POINT]",
+    help: "open a shell in the helper VM at before-PHASE, after-PHASE or after-error (DIB's break=); needs a terminal",
+    default: [],
+  }),
+  row({
     key: "quiet",
     short: "q",
     long: "quiet",
@@ -420,6 +440,7 @@ function flagName(s: Setting): string {
 function parseValue(s: Setting, raw: string, where: string): unknown {
   try {
     if (s.key === "types") return commaItems(raw).map((t) => imageType(t, where));
+    if (s.key === "breakAt") return commaItems(raw).map((b) => breakPoint(b, where));
     if (s.kind === "list") return commaItems(raw);
     return s.parse ? s.parse(raw, where) : raw;
   } catch (message) {

@@ -24,6 +24,8 @@ import { sha256File } from "./vm/appliance/archive.js";
 /** The helper VM as the executor uses it: run argv as root, streaming output; the exit code comes back. */
 export interface BuildMachine {
   exec(argv: readonly string[], io: { stdout: Writable; stderr: Writable; signal?: AbortSignal }): Promise<number>;
+  /** Run argv on the user's terminal (`--break`); absent when there is no terminal. */
+  shell?(argv: readonly string[]): Promise<number>;
 }
 
 /** Progress the CLI renders: a timestamped line per event, or one JSON object per event with --json. */
@@ -224,6 +226,15 @@ export async function executePlan(
     cleanup.push("stop the helper VM", () => machine.stop());
 
     const driver = `${GUEST_PATHS.driver}/run-phase`;
+    /** DIB's break=: a shell on the user's terminal in the appliance (or the chroot) at this point of the build. */
+    async function breakpoint(point: string, inChroot: boolean) {
+      if (!options.breakAt.includes(point)) return;
+      if (!machine.shell) throw new VmdibError(`--break ${point}: no terminal to open the shell on`);
+      const where = inChroot ? "the image's chroot" : "the helper VM";
+      const after = point === "after-error" ? "the build then stops" : "the build then goes on";
+      deps.onEvent({ type: "info", message: `break ${point}: a root shell in ${where}; exit it and ${after}` });
+      await machine.shell(["bash", driver, GUEST_PATHS.work, "shell", ...(inChroot ? ["target"] : [])]);
+    }
     const runStep = async (step: string, argv: readonly string[], where: string = "appliance"): Promise<string[]> => {
       deps.onEvent({ type: "step-start", step, where });
       const started = Date.now();
@@ -253,6 +264,7 @@ export async function executePlan(
       if (code !== 0) {
         const full = await spaceExhausted(machine, tail, options);
         if (full) throw full;
+        await breakpoint("after-error", plan.steps.find((s) => s.name === step)?.where === "chroot");
         const failed = tail.map((l) => /dib-run-parts (\S+) failed with exit code (\d+)/.exec(l)).find(Boolean);
         const script = failed ? ` (${failed[1]?.replace(/.*\/([^/]+\.d)\//, "$1/")}, exit code ${failed[2]})` : "";
         throw new VmdibError(`step '${step}' failed with exit code ${code}${script}`, {
@@ -262,12 +274,17 @@ export async function executePlan(
       }
       return tail;
     };
-    const phase = (name: string, ...args: string[]) =>
-      runStep(
+    const phase = async (name: string, ...args: string[]) => {
+      const where = plan.steps.find((s) => s.name === name)?.where;
+      await breakpoint(`before-${name}`, where === "chroot");
+      const tail = await runStep(
         name,
         ["bash", driver, ...(options.trace > 0 ? ["-x"] : []), GUEST_PATHS.work, name, ...args],
-        plan.steps.find((s) => s.name === name)?.where,
+        where,
       );
+      await breakpoint(`after-${name}`, where === "chroot");
+      return tail;
+    };
     /** Generated scripts reach the guest through the work dir; `run` runs one as a step. */
     const writeScript = async (name: string, text: string) => {
       await writeFile(join(workDir, `${name}.sh`), text, { mode: 0o700 });

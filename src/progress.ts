@@ -126,8 +126,9 @@ export function createView(rawOut: Writable, o: ViewOptions) {
     if (drawn) out.write("\r\x1b[K");
     drawn = false;
   };
+  let paused = false;
   const draw = () => {
-    if (!live || !current) return;
+    if (!live || !current || paused) return;
     const t = now();
     const progressS = progress ? (t - progress.since) / 1000 : 0;
     const status: Status = {
@@ -186,5 +187,14 @@ export function createView(rawOut: Writable, o: ViewOptions) {
     if (timer) clearInterval(timer);
     clear();
   };
-  return { onEvent, close };
+  /** While a shell has the terminal (`--break`), the status line stays away. */
+  const pause = () => {
+    paused = true;
+    clear();
+  };
+  const resume = () => {
+    paused = false;
+    draw();
+  };
+  return { onEvent, close, pause, resume };
 }

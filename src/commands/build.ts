@@ -29,11 +29,13 @@ import { createView, loadTimings, saveTimings, type Timings, timingsKey } from "
 import { lineRedactor, redactSecrets } from "../redact.js";
 import { type BuildReport, collectReport, renderReport } from "../report.js";
 import { prepareDebootstrapStage1 } from "../rootfs/debootstrap.js";
+import { shellJoin } from "../shell.js";
 import { VERSION } from "../version.js";
 import { sha256File } from "../vm/appliance/archive.js";
 import { makeWorkDir } from "../workdir.js";
 import type { Command, CommandContext } from "./context.js";
 import { bootFromCli } from "./run.js";
+import { terminalShell } from "./shell.js";
 
 /** Host variables that reach the element scripts: DIB's own (`DIB_*`) and a few it documents, never with -c. */
 export function passedEnv(env: NodeJS.ProcessEnv, options: Pick<BuildOptions, "clearEnv">): Record<string, string> {
@@ -111,6 +113,10 @@ export const run: Command = async (ctx) => {
   }
   const { plan, config, warnings } = await planBuild(options, ctx);
   for (const w of warnings) ctx.stderr.write(`vmdib: warning: ${w}\n`);
+  if (options.breakAt.length > 0 && !options.dryRun && ctx.stdin.isTTY !== true)
+    throw new UsageError(`--break ${options.breakAt.join(",")} opens a shell and needs a terminal`, {
+      hint: "run the build from a terminal, or drop --break (and the break variable)",
+    });
   if (options.dryRun) {
     // Redacted: DIB_* values may hold a proxy URL with credentials or a key (the plan itself keeps them).
     ctx.stdout.write(redactSecrets(options.json ? `${JSON.stringify(plan, null, 2)}\n` : renderPlan(plan)));
@@ -201,8 +207,21 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
           disks: [{ serial: req.imageDisk.serial, path: req.imageDisk.path, format: "raw" }],
         });
         report.accel = `${machine.accel.accel} (${machine.accel.reason})`;
+        const terminal = ctx.stdin.isTTY === true;
         return {
           exec: (argv, io) => machine.exec(argv, io),
+          ...(terminal
+            ? {
+                shell: async (argv: readonly string[]) => {
+                  view.pause();
+                  try {
+                    return await terminalShell(ctx, machine, shellJoin(argv));
+                  } finally {
+                    view.resume();
+                  }
+                },
+              }
+            : {}),
           stop: () => machine.stop(),
         };
       },
@@ -251,7 +270,8 @@ async function treeCacheStep(
     hostFiles: await digestHostFiles(plan.environment.common),
     driver: await digestDir(join(GUEST_DIR, "dib")),
   });
-  const found = options.noCache ? undefined : await lookupTree(dir, key);
+  // --break stops inside phases the cached tree would skip: they run.
+  const found = options.noCache || options.breakAt.length > 0 ? undefined : await lookupTree(dir, key);
   if (found?.hit) {
     render({
       type: "info",
@@ -263,7 +283,9 @@ async function treeCacheStep(
     ? found.reason === "damaged"
       ? "the cached tree was damaged and is removed"
       : "not cached"
-    : "--no-cache";
+    : options.noCache
+      ? "--no-cache"
+      : "--break";
   render({ type: "info", message: `tree cache miss ${key} (${why}): the tree after post-root.d will be saved` });
   const partial = `${treeFile(key)}.partial-${process.pid}`;
   return {
@@ -342,8 +364,8 @@ function buildView(ctx: CommandContext, options: BuildOptions, last: Timings | u
     redact: redactSecrets,
   });
   return {
+    ...view,
     // Script output may print a proxy URL with credentials or a private key: neither reaches the log.
     onEvent: (e: BuildEvent) => view.onEvent(e.type === "output" ? { ...e, line: redactLine(e.line) } : e),
-    close: view.close,
   };
 }

@@ -2,7 +2,8 @@
 // (raw mode, window size and resizes forwarded, Ctrl-C goes to the guest).
 
 import { UsageError } from "../errors.js";
-import type { Command } from "./context.js";
+import type { Machine } from "../vm/machine.js";
+import type { Command, CommandContext } from "./context.js";
 import { bootFromCli, parseVmArgs } from "./run.js";
 
 const HELP = `usage: vmdib shell [options]
@@ -23,9 +24,27 @@ export const run: Command = async (ctx) => {
     });
   }
   const machine = await bootFromCli(ctx, options);
+  let failed = false;
+  try {
+    return await terminalShell(ctx, machine);
+  } catch (err) {
+    failed = true;
+    throw err;
+  } finally {
+    await machine.stop().catch((err: unknown) => {
+      if (!failed) throw err;
+    });
+  }
+};
+
+/** A shell (or `command`) in the guest on this terminal: raw mode, window size and resizes; the exit code back. */
+export async function terminalShell(
+  ctx: Pick<CommandContext, "stdin" | "stdout" | "env">,
+  machine: Pick<Machine, "shell">,
+  command?: string,
+): Promise<number> {
   const tty = ctx.stdin.isTTY === true && typeof ctx.stdin.setRawMode === "function";
   let onWinch: (() => void) | undefined;
-  let failed = false;
   try {
     // Raw mode: every key (Ctrl-C, Ctrl-D, arrows) travels to the guest's terminal, which does the line editing.
     if (tty) ctx.stdin.setRawMode?.(true);
@@ -35,22 +54,17 @@ export const run: Command = async (ctx) => {
       term: ctx.env.TERM || "xterm",
       cols: ctx.stdout.columns ?? 80,
       rows: ctx.stdout.rows ?? 24,
+      ...(command === undefined ? {} : { command }),
       onResize: (resize) => {
         // A terminal's stdout emits 'resize' on SIGWINCH, after Node has refreshed columns and rows.
         onWinch = () => resize(ctx.stdout.columns ?? 80, ctx.stdout.rows ?? 24);
         ctx.stdout.on("resize", onWinch);
       },
     });
-  } catch (err) {
-    failed = true;
-    throw err;
   } finally {
     if (onWinch) ctx.stdout.off("resize", onWinch);
     if (tty) ctx.stdin.setRawMode?.(false);
     // Stop reading the terminal, or it keeps this process alive after the shell has gone.
     ctx.stdin.pause();
-    await machine.stop().catch((err: unknown) => {
-      if (!failed) throw err;
-    });
   }
-};
+}

@@ -59,6 +59,8 @@ export interface ShellOptions {
   readonly cols: number;
   readonly rows: number;
   readonly env?: Readonly<Record<string, string>>;
+  /** A command to run on the terminal instead of a login shell (`vmdib build --break`). */
+  readonly command?: string;
   /** Called with a function that resizes the remote terminal (wire it to SIGWINCH). */
   readonly onResize?: (resize: (cols: number, rows: number) => void) => void;
 }
@@ -152,12 +154,12 @@ export class SshSession {
 
   /** An interactive login shell on a pseudo-terminal; resolves when it exits. */
   async shell(opts: ShellOptions): Promise<ExitStatus> {
+    const pty = { term: opts.term, cols: opts.cols, rows: opts.rows };
+    const env = opts.env ? { env: { ...opts.env } } : {};
     const ch = await this.#channel((cb) =>
-      this.#client.shell(
-        { term: opts.term, cols: opts.cols, rows: opts.rows },
-        opts.env ? { env: { ...opts.env } } : {},
-        (err, channel) => cb(err, channel),
-      ),
+      opts.command === undefined
+        ? this.#client.shell(pty, env, (err, channel) => cb(err, channel))
+        : this.#client.exec(opts.command, { pty, ...env }, (err, channel) => cb(err, channel)),
     );
     opts.onResize?.((cols, rows) => ch.setWindow(rows, cols, 0, 0));
     return await this.#follow(ch, { stdout: opts.stdout, stdin: opts.stdin }, true);

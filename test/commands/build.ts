@@ -73,6 +73,8 @@ t.test("bad input: exit 2, one message with a hint, no stack trace", async (t) =
     [["--image-size", "1e9", "debian-minimal"], {}, /--image-size/],
     [["--bogus", "debian-minimal"], {}, /unknown option '--bogus'/],
     [["--accel", "warp", "debian-minimal"], {}, /unknown accelerator 'warp'/],
+    [["--break", "after-lunch", "debian-minimal"], {}, /unknown break point 'after-lunch'/],
+    [["debian-minimal"], { break: "before-nothing" }, /break: unknown break point 'before-nothing'/],
     [["debian-minimal"], { ELEMENTS_PATH: file }, /not-a-dir/],
     [["vm", "debian-minimal"], { DIB_BLOCK_DEVICE_CONFIG: "file:///nonexistent/bd.yaml" }, /DIB_BLOCK_DEVICE_CONFIG/],
     [["vm", "debian-minimal"], { DIB_BLOCK_DEVICE_CONFIG: "- local_loop: [unclosed" }, /DIB_BLOCK_DEVICE_CONFIG/],
@@ -132,4 +134,10 @@ t.test("a second build aimed at the same -o waits for the first one's lock", asy
   t.match(err, new RegExp(`waiting for another build \\(pid ${process.pid}\\) writing out/img`));
   t.not(code, 0, "stopped while waiting");
   t.ok(existsSync(join(dir, "out", "img.vmdib-lock")), "the owner's lock is left alone");
+});
+
+t.test("--break without a terminal: exit 2 before anything boots", async (t) => {
+  const r = await vmdib(["build", "-n", "--break", "after-install", "tiny-os"], { ELEMENTS_PATH: TINY });
+  t.equal(r.code, 2);
+  t.match(r.stderr, /--break after-install opens a shell and needs a terminal/);
 });

@@ -1,0 +1,66 @@
+// `vmdib build --break` the way a person uses it: through a real terminal (node-pty). The build stops after install.d
+// with a root shell in the image's chroot; what is typed runs there; `exit` lets the build go on to a finished image.
+import { mkdtemp, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pty from "node-pty";
+import t from "tap";
+import { PACKAGE_ROOT } from "../../src/paths.js";
+
+const ELEMENTS = join(PACKAGE_ROOT, "test", "fixtures", "e2e-elements");
+
+t.test("--break after-install: a shell in the chroot, then the build goes on", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-e2e-break-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const args = ["build", "-n", "-o", "out/b", "-t", "raw", "--break", "after-install", "tiny-os", "block-device-mbr"];
+  const term = pty.spawn(process.execPath, [join(PACKAGE_ROOT, "bin", "vmdib"), ...args], {
+    name: "xterm",
+    cols: 120,
+    rows: 30,
+    cwd: dir,
+    env: { ...process.env, TERM: "xterm", ELEMENTS_PATH: ELEMENTS } as Record<string, string>,
+  });
+  let screen = "";
+  let cursor = 0;
+  term.onData((d) => {
+    screen += d;
+  });
+  const exited = new Promise<number>((resolve) => term.onExit(({ exitCode }) => resolve(exitCode)));
+  t.teardown(() => {
+    try {
+      term.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  });
+  const expect = async (re: RegExp, ms: number) => {
+    const end = Date.now() + ms;
+    for (;;) {
+      const m = re.exec(screen.slice(cursor));
+      if (m) {
+        cursor += m.index + m[0].length;
+        return m;
+      }
+      if (Date.now() > end) throw new Error(`timed out waiting for ${re}; screen so far:\n${screen.slice(-3000)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  };
+  const type = async (text: string) => {
+    for (const ch of text) {
+      term.write(ch);
+      await new Promise((r) => setTimeout(r, 15));
+    }
+  };
+
+  await expect(/break after-install: a root shell in the image's chroot/, 900_000);
+  await expect(/# $/m, 120_000);
+  t.pass("the build stops with a root prompt");
+  await type("cat /etc/vmdib-tiny; echo MARK-$((6*7))\r");
+  await expect(/element=block-device-mbr tiny-os[\s\S]*MARK-42/, 60_000);
+  t.pass("commands run in the chroot, where install.d's file is");
+  await type("exit\r");
+  await expect(/==> post-install \(chroot\)/, 120_000);
+  t.pass("leaving the shell resumes the build");
+  t.equal(await exited, 0, "the build finishes");
+  t.ok((await stat(join(dir, "out", "b.raw"))).size > 0, "and writes its image");
+});
