@@ -4,7 +4,7 @@
 // may be evaluated on the host or in the guest, and the --json event stream must not show the secrets.
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { execa } from "execa";
@@ -27,7 +27,10 @@ t.test("hostile -o, DIB_* value and script output: literal, never evaluated, sec
   const outDir = join(dir, `out 'q" é ü $(touch evaluated-4) \`touch evaluated-5\``);
   const run = await execa(
     VMDIB,
-    [...["build", "-n", "--json", "-o", join(outDir, "tiny"), "-t", "qcow2,tar"], "tiny-os", "tiny-hostile"],
+    [
+      ...["build", "-n", "--json", "--logfile", join(dir, "build.log"), "-o", join(outDir, "tiny")],
+      ...["-t", "qcow2,tar", "tiny-os", "tiny-hostile"],
+    ],
     {
       cwd: dir,
       env: {
@@ -50,7 +53,7 @@ t.test("hostile -o, DIB_* value and script output: literal, never evaluated, sec
   const tree = (await execa("tar", ["tf", join(outDir, "tiny.tar")])).stdout;
   t.notMatch(tree, /vmdib-evaluated-/, "no marker in the image");
   for (let n = 1; n <= 3; n++) t.notOk(existsSync(marker(n)), `no marker ${n} on the host`);
-  t.same(await readdir(dir), [basename(outDir)], "nothing else in the working directory");
+  t.same((await readdir(dir)).sort(), ["build.log", basename(outDir)].sort(), "nothing else in the working directory");
   t.equal((await execa("qemu-img", ["check", join(outDir, "tiny.qcow2")], { reject: false })).exitCode, 0);
 
   const events = run.stdout
@@ -62,4 +65,7 @@ t.test("hostile -o, DIB_* value and script output: literal, never evaluated, sec
     "the script's line is there, redacted",
   );
   t.notMatch(run.all ?? "", /s3cret|b3BlbnNz/, "no credentials or key material in stdout or stderr");
+  const log = await readFile(join(dir, "build.log"), "utf8");
+  t.match(log, /proxy http:\/\/\*\*\*@proxy\.local:3128 key/, "--logfile has the script's line, redacted");
+  t.notMatch(log, /s3cret|b3BlbnNz/, "no credentials or key material in the --logfile");
 });
