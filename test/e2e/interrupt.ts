@@ -1,6 +1,6 @@
 // `vmdib build` interrupted for real in the middle of install.d (fixture element tiny-slow): its QEMU SIGKILLed,
-// and SIGTERM to vmdib itself. Either way: a clear message and exit code, no QEMU left, no run or work directory
-// left in TMPDIR, and the older image at the same -o untouched.
+// SIGTERM and SIGINT (Ctrl-C) to vmdib itself. Every way: a clear message and exit code, no QEMU left, no run or
+// work directory left in TMPDIR, and the older image at the same -o untouched.
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
@@ -110,4 +110,17 @@ t.test("SIGTERM to vmdib build during install.d: exit 143 within 30 s, QEMU gone
   t.same(await leftovers(b.tmp), [], "no run or work directory left");
   t.equal(await readFile(join(b.dir, "out", "tiny.qcow2"), "utf8"), "an older image\n", "older image untouched");
   t.notOk(existsSync(join(b.dir, "out", "tiny.raw")), "no partial raw image");
+});
+
+t.test("Ctrl-C (SIGINT) to vmdib build during install.d: exit 130 within 30 s, QEMU gone, nothing left", async (t) => {
+  const b = await startSlowBuild(t);
+  const t0 = Date.now();
+  b.child.kill("SIGINT");
+  const code = await b.exited;
+  const s = (Date.now() - t0) / 1000;
+  t.equal(code, 130, b.out().stderr);
+  t.ok(s < 30, `ended ${s.toFixed(1)} s after SIGINT`);
+  t.notOk(alive(b.qemuPid), "QEMU is gone");
+  t.same(await leftovers(b.tmp), [], "no run or work directory left");
+  t.equal(await readFile(join(b.dir, "out", "tiny.qcow2"), "utf8"), "an older image\n", "older image untouched");
 });
