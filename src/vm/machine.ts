@@ -1,11 +1,13 @@
 // One appliance VM: start it (run dir, keys, QEMU, readiness, SSH) with an undo pushed for every resource, run
 // commands and shells in it, and stop it with the shutdown ladder. No QEMU outlives its controller.
 import { type ChildProcessByStdio, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { constants as fsc } from "node:fs";
-import { access, copyFile, mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { access, copyFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { constants as osc, tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import type { Readable, Writable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
 import getPort from "get-port";
 import { CleanupStack } from "../cleanup.js";
 import { VmdibError } from "../errors.js";
@@ -13,8 +15,29 @@ import { cacheDir } from "../paths.js";
 import { shellJoin } from "../shell.js";
 import type { AccelVerdict, QemuInfo } from "./probe.js";
 import { hostCpus } from "./probe.js";
-import { type Disk, guestConfigText, type MachineSpec, qemuArgv, type Share } from "./qemu.js";
+import {
+  type Disk,
+  guestConfigText,
+  kernelCmdline,
+  type MachineSpec,
+  qemuArgv,
+  READY_MARKER,
+  type Share,
+} from "./qemu.js";
+import { QmpClient } from "./qmp.js";
 import { describeExit, type QemuExit, tailFile, waitForReady } from "./ready.js";
+import {
+  discardSnapshot,
+  incomingArgv,
+  runConfigText,
+  SNAPSHOT_DISK_BYTES,
+  SNAPSHOT_MARKER,
+  SNAPSHOT_SLOTS,
+  type SnapshotFiles,
+  saveSnapshot,
+  snapshotFiles,
+  snapshotProblem,
+} from "./snapshot.js";
 import { ConnectionLost, type ExecOptions, generateKeys, type ShellOptions, SshSession } from "./ssh.js";
 
 /** The appliance's boot files, from ensureAppliance(). */
@@ -75,6 +98,11 @@ export interface StartOptions {
   readonly signal?: AbortSignal;
   /** Progress lines for the CLI (verbose mode). */
   readonly log?: (line: string) => void;
+  /**
+   * Start from the appliance snapshot (restore a saved, booted guest; the first start saves one). Default: on,
+   * unless VMDIB_NO_SNAPSHOT=1 or the run's shares and disks do not fit the snapshot machine (then: cold boot).
+   */
+  readonly snapshot?: boolean;
 }
 
 export interface MachineExecOptions extends Omit<ExecOptions, "stdout" | "stderr"> {
@@ -92,6 +120,8 @@ export interface Machine {
   /** Milliseconds from spawning QEMU to the guest's ready marker, and the guest's own uptime then (s). */
   readonly readyMs: number;
   readonly guestUptimeAtReady: number;
+  /** How it started: restored from the appliance snapshot, cold boot that saved one, or plain cold boot. */
+  readonly start: StartKind;
   /** Settles when QEMU exits, however. */
   readonly exited: Promise<QemuExit>;
   /** Run a command as root; resolves with its exit code (128+n when killed by signal n). */
@@ -101,6 +131,8 @@ export interface Machine {
   /** Shut down (poweroff → wait → SIGTERM → SIGKILL) and remove the run directory; idempotent. */
   stop(): Promise<void>;
 }
+
+export type StartKind = "restored" | "saved" | "cold";
 
 const RUN_PREFIX = "run-";
 /** How long the polite poweroff and SIGTERM each get before the next rung of the ladder. */
@@ -224,9 +256,6 @@ async function startOn(
   }
 
   const keys = generateKeys();
-  const secret = (name: string, text: string) => writeFile(join(runDir, name), text, { mode: 0o600 });
-  await secret("ssh_host_ed25519_key", keys.hostPrivate);
-  await secret("authorized_keys", `${keys.clientPublic}\n`);
 
   const shares: Share[] = (opts.shares ?? []).map((s, i) => ({
     tag: s.tag ?? `s${i}`,
@@ -245,117 +274,339 @@ async function startOn(
     }
     disks.push({ path, serial: d.serial, format: d.format ?? "raw" });
   }
-  await writeFile(join(runDir, "config"), guestConfigText({ shares }, opts.debug ? { debug: "1" } : {}));
 
   const serialLog = join(runDir, "serial.log");
   const setpriv = opts.pdeathsig === false ? undefined : await findSetpriv(env);
   const readyTimeoutMs = opts.readyTimeoutMs ?? (Number(env.VMDIB_READY_TIMEOUT) * 1000 || 180_000);
+  const memoryMiB = opts.memoryMiB ?? 2048;
+  const cpus = opts.cpus ?? hostCpus();
+  const kernel = bootKernel(opts.appliance);
 
-  for (let attempt = 1; ; attempt++) {
-    // get-port's answer can be stale by the time QEMU binds (another process, another vmdib): QEMU then exits
-    // at once with PORT_CLASH and we try again with a new port.
-    const sshPort = await (opts.getPort ?? (() => getPort({ host: "127.0.0.1" })))();
-    const spec: MachineSpec = {
-      kernel: bootKernel(opts.appliance),
-      initrd: opts.appliance.initrd,
-      memoryMiB: opts.memoryMiB ?? 2048,
-      cpus: opts.cpus ?? hostCpus(),
-      sshPort,
-      serialLog,
-      shares,
-      disks,
-      fwCfg: {
-        config: join(runDir, "config"),
-        authorized_keys: join(runDir, "authorized_keys"),
-        ssh_host_ed25519_key: join(runDir, "ssh_host_ed25519_key"),
-      },
-      pidFile: join(runDir, "qemu.pid"),
-    };
-    const argv = qemuArgv(spec, { accel: opts.accel.accel, cpus: hostCpus() });
-    const [cmd, args] = setpriv
-      ? [setpriv, ["--pdeathsig", "SIGKILL", "--", opts.qemu.binary, ...argv]]
-      : [opts.qemu.binary, argv];
-    log(`starting QEMU (${opts.accel.accel}), ssh forwarded from 127.0.0.1:${sshPort}`);
-    const t0 = performance.now();
-    const child: Qemu = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], cwd: runDir });
-    let stderr = "";
-    child.stderr.on("data", (d: Buffer) => {
-      stderr = (stderr + d.toString()).slice(-8192);
-    });
-    const exited = new Promise<QemuExit>((resolve) => {
-      child.on("close", (code, signal) => resolve({ code, signal, stderr }));
-      child.on("error", (err) => resolve({ code: null, signal: null, stderr: `${stderr}${err.message}\n` }));
-    });
-    // Last resort if this process exits without stop() (an uncaught error): take QEMU down synchronously.
-    const onProcessExit = () => child.kill("SIGKILL");
-    process.on("exit", onProcessExit);
-    const pid = child.pid ?? -1;
-    let ready = false;
-    const stopQemu = stack.push("stop QEMU", async () => {
-      await shutdownLadder(child, exited, log, ready);
-      process.off("exit", onProcessExit);
-    });
-    // EPIPE on the lifeline once QEMU is gone is expected, not an error.
-    child.stdin.on("error", () => {});
-
-    let guestUptimeAtReady: number;
-    try {
-      guestUptimeAtReady = await waitForReady({
-        lifeline: child.stdout,
-        exited,
-        timeoutMs: readyTimeoutMs,
-        serialLog,
-        accelNote: `${opts.accel.accel} (${opts.accel.reason})`,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      });
-    } catch (err) {
-      const exit = await within(exited, 0);
-      if (exit && PORT_CLASH.test(exit.stderr) && attempt < 5) {
-        log(`port ${sshPort} was taken before QEMU could bind it; retrying with another`);
-        await stopQemu();
-        continue;
-      }
-      // An interrupt is not a guest failure: nothing to point the user at.
-      if (!opts.signal?.aborted) await preserveSerialLog(serialLog, env, err);
-      throw err;
-    }
-    ready = true;
-    const readyMs = performance.now() - t0;
-    log(`guest ready after ${(readyMs / 1000).toFixed(2)} s (guest uptime ${guestUptimeAtReady} s)`);
-    // The lifeline must keep flowing: unread output would eventually block the guest's writes to the port.
-    child.stdout.resume();
-
-    const ssh = await SshSession.connect({
-      port: sshPort,
-      keys,
-      ...(opts.keepalive
-        ? { keepaliveIntervalMs: opts.keepalive.intervalMs, keepaliveCountMax: opts.keepalive.countMax }
-        : {}),
-    }).catch(async (err: unknown) => {
-      await preserveSerialLog(serialLog, env, err);
-      throw new VmdibError("could not log in to the appliance over SSH", {
-        cause: err,
-        context: await tailFile(serialLog),
-        hint: `the guest reported ready but SSH on 127.0.0.1:${sshPort} failed: ${err instanceof Error ? err.message : String(err)}`,
-      });
-    });
-    stack.push("close SSH", () => ssh.close());
-
-    return makeMachine({
-      stack,
-      child,
-      pid,
-      exited,
-      ssh,
-      sshPort,
-      runDir,
-      serialLog,
-      opts,
-      env,
-      readyMs,
-      guestUptimeAtReady,
-    });
+  // Snapshot start: the fixed machine (slots) when this run fits it, else the classic cold boot.
+  const slots = await snapshotMachine(opts, env, runDir, shares, disks, log);
+  const snap = slots
+    ? await snapshotFiles({
+        kernel,
+        initrd: opts.appliance.initrd,
+        qemuVersion: opts.qemu.version,
+        accel: opts.accel.accel,
+        cpus,
+        memoryMiB,
+        cmdline: kernelCmdline({}),
+      }).catch(() => undefined)
+    : undefined;
+  await writeFile(
+    join(runDir, "config"),
+    slots ? "snapshot=1\n" : guestConfigText({ shares }, opts.debug ? { debug: "1" } : {}),
+  );
+  if (!slots) {
+    const secret = (name: string, text: string) => writeFile(join(runDir, name), text, { mode: 0o600 });
+    await secret("ssh_host_ed25519_key", keys.hostPrivate);
+    await secret("authorized_keys", `${keys.clientPublic}\n`);
   }
+  const runConfig = () =>
+    runConfigText({
+      mounts: shares.map((s, slot) => ({ slot, guestPath: s.guestPath, readonly: s.readonly })),
+      authorizedKey: keys.clientPublic,
+      hostKey: keys.hostPrivate,
+      time: Date.now() / 1000,
+      seed: randomBytes(32).toString("hex"),
+      debug: opts.debug === true,
+    });
+
+  type Mode = "cold" | "save" | "restore";
+  const launch = async (mode: Mode): Promise<Launched> => {
+    for (let attempt = 1; ; attempt++) {
+      // get-port's answer can be stale by the time QEMU binds (another process, another vmdib): QEMU then exits
+      // at once with PORT_CLASH and we try again with a new port.
+      const sshPort = await (opts.getPort ?? (() => getPort({ host: "127.0.0.1" })))();
+      const qmpSocket = join(runDir, "qmp.sock");
+      await rm(qmpSocket, { force: true });
+      const spec: MachineSpec = {
+        kernel,
+        initrd: opts.appliance.initrd,
+        memoryMiB,
+        cpus,
+        sshPort,
+        serialLog,
+        shares: slots?.shares ?? shares,
+        disks: slots?.disks ?? disks,
+        fwCfg: slots
+          ? { config: join(runDir, "config") }
+          : {
+              config: join(runDir, "config"),
+              authorized_keys: join(runDir, "authorized_keys"),
+              ssh_host_ed25519_key: join(runDir, "ssh_host_ed25519_key"),
+            },
+        pidFile: join(runDir, "qemu.pid"),
+        ...(mode !== "cold" ? { qmpSocket } : {}),
+        ...(mode === "restore" && snap ? { incoming: incomingArgv(snap)[1] } : {}),
+      };
+      const argv = qemuArgv(spec, { accel: opts.accel.accel, cpus: hostCpus() });
+      const [cmd, args] = setpriv
+        ? [setpriv, ["--pdeathsig", "SIGKILL", "--", opts.qemu.binary, ...argv]]
+        : [opts.qemu.binary, argv];
+      log(
+        `${mode === "restore" ? "restoring the appliance snapshot in" : "starting"} QEMU (${opts.accel.accel}), ssh forwarded from 127.0.0.1:${sshPort}`,
+      );
+      const t0 = performance.now();
+      const child: Qemu = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], cwd: runDir });
+      let stderr = "";
+      child.stderr.on("data", (d: Buffer) => {
+        stderr = (stderr + d.toString()).slice(-8192);
+      });
+      const exited = new Promise<QemuExit>((resolve) => {
+        child.on("close", (code, signal) => resolve({ code, signal, stderr }));
+        child.on("error", (err) => resolve({ code: null, signal: null, stderr: `${stderr}${err.message}\n` }));
+      });
+      // Last resort if this process exits without stop() (an uncaught error): take QEMU down synchronously.
+      const onProcessExit = () => child.kill("SIGKILL");
+      process.on("exit", onProcessExit);
+      const state = { ready: false };
+      const stopQemu = stack.push("stop QEMU", async () => {
+        await shutdownLadder(child, exited, log, state.ready);
+        process.off("exit", onProcessExit);
+      });
+      // EPIPE on the lifeline once QEMU is gone is expected, not an error.
+      child.stdin.on("error", () => {});
+      const wait = (marker: string, timeoutMs: number) =>
+        waitForReady({
+          lifeline: child.stdout,
+          exited,
+          timeoutMs,
+          serialLog,
+          accelNote: `${opts.accel.accel} (${opts.accel.reason})`,
+          marker,
+          ...(opts.signal ? { signal: opts.signal } : {}),
+        });
+
+      let guestUptimeAtReady: number;
+      try {
+        if (mode === "restore") {
+          await resumeRestored(qmpSocket, exited);
+          // The guest waits at its snapshot point for this.
+          child.stdin.write(runConfig());
+          // A restored guest is ready in seconds; one that is not (a damaged stream QEMU accepted) is not waited
+          // for as long as a boot: the caller falls back to a cold boot.
+          guestUptimeAtReady = await wait(READY_MARKER, Math.min(readyTimeoutMs, 60_000));
+        } else if (mode === "save" && snap) {
+          const at = await wait(SNAPSHOT_MARKER, readyTimeoutMs);
+          await saveHere(qmpSocket, snap, at, log);
+          child.stdin.write(runConfig());
+          guestUptimeAtReady = await wait(READY_MARKER, readyTimeoutMs);
+        } else {
+          guestUptimeAtReady = await wait(READY_MARKER, readyTimeoutMs);
+        }
+      } catch (err) {
+        // A restore notices QEMU's exit through QMP first: give the exit a moment to arrive.
+        const exit = await within(exited, mode === "restore" ? 2_000 : 0);
+        if (exit && PORT_CLASH.test(exit.stderr) && attempt < 5) {
+          log(`port ${sshPort} was taken before QEMU could bind it; retrying with another`);
+          await stopQemu();
+          continue;
+        }
+        if (mode === "restore") {
+          await stopQemu();
+          if (!opts.signal?.aborted) await preserveSerialLog(serialLog, env, err);
+          throw err;
+        }
+        // An interrupt is not a guest failure: nothing to point the user at.
+        if (!opts.signal?.aborted) await preserveSerialLog(serialLog, env, err);
+        throw err;
+      }
+      state.ready = true;
+      const readyMs = performance.now() - t0;
+      const start: StartKind = mode === "restore" ? "restored" : mode === "save" ? "saved" : "cold";
+      return { child, exited, pid: child.pid ?? -1, sshPort, readyMs, guestUptimeAtReady, start };
+    }
+  };
+
+  let booted: Launched | undefined;
+  if (snap) {
+    const problem = await snapshotProblem(snap);
+    if (problem === undefined) {
+      try {
+        booted = await launch("restore");
+      } catch (err) {
+        if (opts.signal?.aborted) throw err;
+        log(`could not restore the appliance snapshot (${oneLine(err)}); cold booting instead`);
+        await discardSnapshot(snap).catch(() => {});
+      }
+    } else if (problem !== "none saved yet") {
+      log(`appliance snapshot unusable (${problem}); cold booting and saving a new one`);
+      await discardSnapshot(snap).catch(() => {});
+    } else {
+      log("no appliance snapshot for this machine yet: cold booting once and saving one");
+    }
+  }
+  booted ??= await launch(snap ? "save" : "cold");
+  const { child, exited, pid, sshPort, readyMs, guestUptimeAtReady, start } = booted;
+  log(`guest ready after ${(readyMs / 1000).toFixed(2)} s (guest uptime ${guestUptimeAtReady} s)`);
+  // The lifeline must keep flowing: unread output would eventually block the guest's writes to the port.
+  child.stdout.resume();
+
+  const ssh = await SshSession.connect({
+    port: sshPort,
+    keys,
+    ...(opts.keepalive
+      ? { keepaliveIntervalMs: opts.keepalive.intervalMs, keepaliveCountMax: opts.keepalive.countMax }
+      : {}),
+  }).catch(async (err: unknown) => {
+    await preserveSerialLog(serialLog, env, err);
+    throw new VmdibError("could not log in to the appliance over SSH", {
+      cause: err,
+      context: await tailFile(serialLog),
+      hint: `the guest reported ready but SSH on 127.0.0.1:${sshPort} failed: ${err instanceof Error ? err.message : String(err)}`,
+    });
+  });
+  stack.push("close SSH", () => ssh.close());
+
+  return makeMachine({
+    stack,
+    child,
+    pid,
+    exited,
+    ssh,
+    sshPort,
+    runDir,
+    serialLog,
+    opts,
+    env,
+    readyMs,
+    guestUptimeAtReady,
+    start,
+  });
+}
+
+interface Launched {
+  readonly child: Qemu;
+  readonly exited: Promise<QemuExit>;
+  readonly pid: number;
+  readonly sshPort: number;
+  readonly readyMs: number;
+  readonly guestUptimeAtReady: number;
+  readonly start: StartKind;
+}
+
+/**
+ * Wait until QEMU has loaded the saved state, then resume the guest: it was saved paused, and a loaded VM keeps the
+ * run state it was saved in.
+ */
+async function resumeRestored(qmpSocket: string, exited: Promise<QemuExit>, timeoutMs = 60_000): Promise<void> {
+  let gone = false;
+  void exited.then(() => {
+    gone = true;
+  });
+  const connecting = QmpClient.connect(qmpSocket);
+  const qmp = await Promise.race([
+    connecting,
+    exited.then((e) => {
+      connecting.then((q) => q.close()).catch(() => {});
+      throw new Error(`QEMU could not load the snapshot (${describeExit(e)}: ${e.stderr.trim().split("\n").pop()})`);
+    }),
+  ]);
+  try {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const { status } = await qmp.execute<{ status: string }>("query-status");
+      if (status !== "inmigrate") break;
+      if (gone) throw new Error("QEMU exited while loading the snapshot");
+      if (Date.now() > end) throw new Error(`QEMU had not loaded the snapshot after ${timeoutMs / 1000} s`);
+      await sleep(10);
+    }
+    await qmp.execute("cont");
+  } finally {
+    qmp.close();
+  }
+}
+
+function oneLine(err: unknown): string {
+  return (err instanceof Error ? err.message : String(err)).split("\n")[0] ?? "";
+}
+
+/**
+ * Save the guest paused at its snapshot point, then resume it: this boot goes on as the run's VM. Any failure is one
+ * log line (the run continues cold); the stream is hashed and moved into place in the background.
+ */
+async function saveHere(
+  qmpSocket: string,
+  snap: SnapshotFiles,
+  guestUptime: number,
+  log: (line: string) => void,
+): Promise<void> {
+  let qmp: QmpClient | undefined;
+  try {
+    qmp = await QmpClient.connect(qmpSocket);
+    const t0 = performance.now();
+    const saved = await saveSnapshot(qmp, snap).catch((err: unknown) => {
+      log(`could not save the appliance snapshot (${oneLine(err)}); this run goes on from its cold boot`);
+      return undefined;
+    });
+    await qmp.execute("cont");
+    if (saved) {
+      log(
+        `saved the appliance snapshot at guest uptime ${guestUptime} s (${Math.round(saved.bytes / 2 ** 20)} MiB in ${((performance.now() - t0) / 1000).toFixed(2)} s)`,
+      );
+      saved.commit().catch((err: unknown) => log(`could not keep the appliance snapshot (${oneLine(err)})`));
+    }
+  } catch (err) {
+    log(`could not save the appliance snapshot (${oneLine(err)}); this run goes on from its cold boot`);
+    await qmp?.execute("cont").catch(() => {});
+  } finally {
+    qmp?.close();
+  }
+}
+
+/**
+ * The fixed machine every snapshot start uses, or undefined (cold boot) when snapshots are off or the run does not
+ * fit: SNAPSHOT_SLOTS 9p slots (tags s0.., unused ones an empty read-only directory) and one raw disk slot of
+ * SNAPSHOT_DISK_BYTES (a sparse placeholder when the run has no disk).
+ */
+async function snapshotMachine(
+  opts: StartOptions,
+  env: NodeJS.ProcessEnv,
+  runDir: string,
+  shares: readonly Share[],
+  disks: readonly Disk[],
+  log: (line: string) => void,
+): Promise<{ shares: Share[]; disks: Disk[] } | undefined> {
+  if (opts.snapshot === false || env.VMDIB_NO_SNAPSHOT === "1") return undefined;
+  const misfit =
+    shares.length > SNAPSHOT_SLOTS
+      ? `more than ${SNAPSHOT_SLOTS} shares`
+      : opts.shares?.some((s) => s.tag !== undefined)
+        ? "a share with its own 9p tag"
+        : disks.length > 1
+          ? "more than one disk"
+          : disks[0] && disks[0].format !== "raw"
+            ? "a qcow2 disk"
+            : disks[0] && (await stat(disks[0].path).catch(() => undefined))?.size !== SNAPSHOT_DISK_BYTES
+              ? "a disk whose size is not the image disk's"
+              : undefined;
+  if (misfit) {
+    log(`no snapshot start for this run (${misfit}); cold booting`);
+    return undefined;
+  }
+  const empty = join(runDir, "empty");
+  await mkdir(empty, { mode: 0o500 });
+  const slotShares: Share[] = [];
+  for (let i = 0; i < SNAPSHOT_SLOTS; i++) {
+    const s = shares[i];
+    slotShares.push(
+      s
+        ? { ...s, tag: `s${i}` }
+        : { tag: `s${i}`, hostPath: empty, guestPath: `/run/vmdib/unused-s${i}`, readonly: true },
+    );
+  }
+  let disk = disks[0];
+  if (!disk) {
+    const path = join(runDir, "placeholder.img");
+    const fh = await open(path, "w", 0o600);
+    await fh.truncate(SNAPSHOT_DISK_BYTES);
+    await fh.close();
+    disk = { path, serial: "vmdib-placeholder", format: "raw" };
+  }
+  return { shares: slotShares, disks: [disk] };
 }
 
 /**
@@ -409,6 +660,7 @@ interface MachineParts {
   readonly env: NodeJS.ProcessEnv;
   readonly readyMs: number;
   readonly guestUptimeAtReady: number;
+  readonly start: StartKind;
 }
 
 function makeMachine(p: MachineParts): Machine {
@@ -448,6 +700,7 @@ function makeMachine(p: MachineParts): Machine {
     accel: p.opts.accel,
     readyMs: p.readyMs,
     guestUptimeAtReady: p.guestUptimeAtReady,
+    start: p.start,
     exited: p.exited,
     async exec(command, opts = {}) {
       const line = typeof command === "string" ? command : shellJoin(command);

@@ -45,6 +45,10 @@ export interface MachineSpec {
   readonly fwCfg: Readonly<Record<string, string>>;
   readonly pidFile?: string;
   readonly extraKernelArgs?: readonly string[];
+  /** A unix socket for QMP (snapshot saving). */
+  readonly qmpSocket?: string;
+  /** Load a saved VM from this migration URI instead of booting (see snapshot.ts). */
+  readonly incoming?: string;
 }
 
 /** Facts about the host the VM runs on, gathered by probe.ts. */
@@ -226,6 +230,13 @@ export function qemuArgv(spec: MachineSpec, host: HostFacts): string[] {
     argv.push("-fw_cfg", `name=${FW_CFG_PREFIX}${name},file=${qemuOptValue(file)}`);
   }
 
+  if (spec.qmpSocket) {
+    // QMP on a socket inside the 0700 run directory: the controller pauses and saves the VM through it.
+    // wait=off: QEMU runs the guest without waiting for the controller to connect.
+    argv.push("-qmp", `unix:${qemuOptValue(spec.qmpSocket)},server=on,wait=off`);
+  }
+  // The saved guest's RAM and device state instead of a boot; the device set above must equal the saved one's.
+  if (spec.incoming) argv.push("-incoming", spec.incoming);
   if (spec.pidFile) argv.push("-pidfile", spec.pidFile);
   return argv;
 }

@@ -65,9 +65,11 @@ export interface WaitForReadyOptions {
   readonly serialLog: string;
   readonly accelNote: string;
   readonly signal?: AbortSignal;
+  /** The line to wait for (default READY_MARKER; snapshot mode first waits for its snapshot point). */
+  readonly marker?: string;
 }
 
-/** Resolves with the guest's uptime (seconds, from the marker) when the guest reports ready. */
+/** Resolves with the guest's uptime (seconds, from the marker) when the guest reports ready (prints the marker). */
 export async function waitForReady(opts: WaitForReadyOptions): Promise<number> {
   const outcome = await new Promise<
     { kind: "ready"; uptime: number } | { kind: "exit"; exit: QemuExit } | { kind: "timeout" } | { kind: "abort" }
@@ -75,7 +77,7 @@ export async function waitForReady(opts: WaitForReadyOptions): Promise<number> {
     let buf = "";
     const onData = (d: Buffer) => {
       buf += d.toString("latin1");
-      const m = new RegExp(`${READY_MARKER} ([0-9.]+)`).exec(buf);
+      const m = new RegExp(`${opts.marker ?? READY_MARKER} ([0-9.]+)`).exec(buf);
       if (m) finish({ kind: "ready", uptime: Number(m[1]) });
       if (buf.length > 4096) buf = buf.slice(-256);
     };
