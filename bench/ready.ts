@@ -145,10 +145,14 @@ export function sharedVm(env: NodeJS.ProcessEnv, log: (line: string) => void): (
   };
 }
 
-/** Boot the appliance, run `true` over SSH, stop: the timings of one boot. */
-async function bootOnce(s: Shared, appliance: Appliance, env: NodeJS.ProcessEnv) {
+/** Boot the appliance (cold, or restored from its snapshot), run `true` over SSH, stop: the timings of one boot. */
+async function bootOnce(s: Shared, appliance: Appliance, env: NodeJS.ProcessEnv, snapshot = false) {
   const t0 = performance.now();
-  const machine = await startAppliance({ appliance, qemu: s.qemu, accel: s.accel, env });
+  const machine = await startAppliance({ appliance, qemu: s.qemu, accel: s.accel, env, snapshot });
+  if (snapshot && machine.start !== "restored") {
+    await machine.stop();
+    throw new Error(`the appliance was not restored from its snapshot (${machine.start} boot)`);
+  }
   try {
     const code = await machine.exec("true");
     const answered = performance.now() - t0;
@@ -321,6 +325,23 @@ export function readyGroup(o: ReadyGroupOptions): Group {
       },
     },
     {
+      name: "vmdib-snapshot",
+      describe:
+        "the appliance and its snapshot are cached: `startAppliance` restores the saved, booted guest (QEMU " +
+        "`-incoming`, then the run's keys and shares over the lifeline) instead of booting a kernel, and `true` is " +
+        "answered over SSH. prepare makes the snapshot (one cold boot + save, untimed).",
+      async prepare() {
+        const s = await o.shared();
+        const m = await startAppliance({ appliance: s.appliance, qemu: s.qemu, accel: s.accel, env, snapshot: true });
+        await m.stop();
+      },
+      async run() {
+        const s = await o.shared();
+        const b = await bootOnce(s, s.appliance, env, true);
+        return { ms: { guestInit: b.guestInit, ready: b.ready, boot: b.boot, stop: b.stop } };
+      },
+    },
+    {
       name: "libguestfs-cold",
       describe:
         "`libguestfs-test-tool` with an empty `LIBGUESTFS_CACHEDIR` (supermin builds its appliance from the host's " +
@@ -372,6 +393,8 @@ export function readyGroup(o: ReadyGroupOptions): Group {
       { label: "vmdib warm: guest uptime at ready", workload: "vmdib-warm", metric: "guestInit" },
       { label: "vmdib warm: cache lookup", workload: "vmdib-warm", metric: "lookup" },
       { label: "vmdib warm: shutdown", workload: "vmdib-warm", metric: "stop" },
+      { label: "vmdib snapshot: restore + `true`", workload: "vmdib-snapshot", metric: "boot", ref: LIBGUESTFS_WARM },
+      { label: "vmdib snapshot: spawn → ready marker", workload: "vmdib-snapshot", metric: "ready" },
       { label: "libguestfs warm: whole test tool", workload: "libguestfs-warm", metric: "total" },
       { label: "libguestfs cold: launch", workload: "libguestfs-cold", metric: "launch" },
       { label: "libguestfs cold: supermin build", workload: "libguestfs-cold", metric: "supermin" },
