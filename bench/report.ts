@@ -64,7 +64,8 @@ export function goalLine(r: GroupResult, g: GroupResult["goals"][number]): strin
     return `- Goal: ${g.text} — **not evaluated** (a row it needs was not measured).`;
   }
   const met = q <= g.max;
-  return `- Goal: ${g.text} — ${num} / ${den} = ${formatRatio(q)}, limit ${formatRatio(g.max)}: **${met ? "met" : "not met"}**.`;
+  // Three digits: at two, a ratio just over the limit would print as the limit itself next to "not met".
+  return `- Goal: ${g.text} — ${num} / ${den} = ${q.toFixed(3)}×, limit ${formatRatio(g.max)}: **${met ? "met" : "not met"}**.`;
 }
 
 /** Rows whose slowest run took more than this many times their fastest are called out under the table. */

@@ -61,7 +61,7 @@ t.test("a section: run info, table with ratio, goal met, legend, facts, notes, m
   t.match(text, "- Load average (1/5/15 min): 1.00 / 0.50 / 0.25 at the start, 2.00 / 1.00 / 0.50 at the end");
   t.match(text, "| libguestfs launch | 31.0 s | 30.0 s – 32.0 s | 3 |  |");
   t.match(text, "| vmdib ready | 7.50 s | 7.00 s – 8.00 s | 3 | 0.24× libguestfs launch |");
-  t.match(text, "vmdib ready / libguestfs launch = 0.24×, limit 0.50×: **met**");
+  t.match(text, "vmdib ready / libguestfs launch = 0.242×, limit 0.50×: **met**");
   t.match(text, "- `vm`: boot | run true", "legend text is not a table cell: no escaping");
   t.match(text, "### Sizes\n\n|  | vmdib |\n|---|---:|\n| initramfs | 179.4 MB |");
   t.match(text, "Notes:\n\n- cold means seeded");
@@ -81,7 +81,7 @@ t.test("a missing reference or workload: 'not measured' with the reason, goal no
 
 t.test("goal not met", async (t) => {
   const r = result({ lg: { launch: [10_000] }, vm: { total: [6_000] } });
-  t.match(goalLine(r, r.goals[0] as GroupResult["goals"][number]), "= 0.60×, limit 0.50×: **not met**");
+  t.match(goalLine(r, r.goals[0] as GroupResult["goals"][number]), "= 0.600×, limit 0.50×: **not met**");
 });
 
 t.test("pipes inside table cells are escaped", async (t) => {
@@ -122,4 +122,9 @@ t.test("a wide spread between runs is called out; a narrow one or a single run i
   const w = spreadWarning(busy) ?? "";
   t.match(w, "in 2 of 2 rows the slowest run took over 1.5× the fastest (up to 2.30×)");
   t.match(renderSection(busy, info), w);
+});
+
+t.test("a ratio just over the limit does not print as the limit", async (t) => {
+  const r = result({ lg: { launch: [27_500] }, vm: { total: [13_900] } });
+  t.match(goalLine(r, r.goals[0] as GroupResult["goals"][number]), "= 0.505×, limit 0.50×: **not met**");
 });
