@@ -391,7 +391,9 @@ async function startOn(
           guestUptimeAtReady = await wait(READY_MARKER, Math.min(readyTimeoutMs, 60_000));
         } else if (mode === "save" && snap) {
           const at = await wait(SNAPSHOT_MARKER, readyTimeoutMs);
-          await saveHere(qmpSocket, snap, at, log);
+          const kept = await saveHere(qmpSocket, snap, at, log);
+          // Runs while the guest works; stop() waits for it, so a short run still leaves its snapshot behind.
+          if (kept) stack.push("keep the appliance snapshot", () => kept);
           child.stdin.write(runConfig());
           guestUptimeAtReady = await wait(READY_MARKER, readyTimeoutMs);
         } else {
@@ -526,14 +528,15 @@ function oneLine(err: unknown): string {
 
 /**
  * Save the guest paused at its snapshot point, then resume it: this boot goes on as the run's VM. Any failure is one
- * log line (the run continues cold); the stream is hashed and moved into place in the background.
+ * log line (the run continues cold). Resolves once the guest runs again, with the background work that hashes the
+ * stream and moves it into place (never rejects).
  */
 async function saveHere(
   qmpSocket: string,
   snap: SnapshotFiles,
   guestUptime: number,
   log: (line: string) => void,
-): Promise<void> {
+): Promise<Promise<void> | undefined> {
   let qmp: QmpClient | undefined;
   try {
     qmp = await QmpClient.connect(qmpSocket);
@@ -547,11 +550,13 @@ async function saveHere(
       log(
         `saved the appliance snapshot at guest uptime ${guestUptime} s (${Math.round(saved.bytes / 2 ** 20)} MiB in ${((performance.now() - t0) / 1000).toFixed(2)} s)`,
       );
-      saved.commit().catch((err: unknown) => log(`could not keep the appliance snapshot (${oneLine(err)})`));
+      return saved.commit().catch((err: unknown) => log(`could not keep the appliance snapshot (${oneLine(err)})`));
     }
+    return undefined;
   } catch (err) {
     log(`could not save the appliance snapshot (${oneLine(err)}); this run goes on from its cold boot`);
     await qmp?.execute("cont").catch(() => {});
+    return undefined;
   } finally {
     qmp?.close();
   }
