@@ -304,7 +304,7 @@ async function treeCacheStep(
 }
 
 /**
- * debootstrap's first stage natively on the host (src/rootfs/debootstrap.ts) when the build uses vmdib's debootstrap
+ * debootstrap's first stage natively on the host (src/rootfs/debootstrap.ts) when the build uses a debootstrap
  * element on Debian: the guest then runs only the second stage. Any failure here only costs that speed-up.
  */
 async function withDebootstrapStage1(
