@@ -185,6 +185,11 @@ export function qemuArgv(spec: MachineSpec, host: HostFacts): string[] {
     // Entropy from the host: without it getrandom() can block for seconds early in boot, and sshd needs it.
     "-device",
     "virtio-rng-pci",
+    // A VM generation ID (a fresh random one each time QEMU starts, including every restore of a snapshot): the
+    // guest kernel reseeds its random number generator when it changes, so copies of one snapshot do not share
+    // random numbers (and with them SSH session keys).
+    "-device",
+    "vmgenid,guid=auto",
     // User-mode networking needs no privileges. The forward binds 127.0.0.1 only: nobody else can reach the guest.
     "-netdev",
     `user,id=net0,hostfwd=tcp:127.0.0.1:${spec.sshPort}-:22`,

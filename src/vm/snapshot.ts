@@ -9,7 +9,7 @@ import { basename, dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pidAlive } from "../lock.js";
 import { shellQuote } from "../shell.js";
-import type { Accel } from "./qemu.js";
+import { type Accel, accelArgv } from "./qemu.js";
 import type { QmpClient } from "./qmp.js";
 
 /** 9p share slots every snapshot machine has (tags s0..s7); a run with more shares boots cold. */
@@ -19,7 +19,7 @@ export const SNAPSHOT_DISK_BYTES = 2 * 1024 ** 4;
 /** The guest prints this on the lifeline when it reached the snapshot point; must match guest/init. */
 export const SNAPSHOT_MARKER = "VMDIB-SNAPSHOT";
 /** Bump when the saved machine's shape (qemu.ts argv, guest/init's snapshot point) changes incompatibly. */
-const SNAPSHOT_FORMAT = 1;
+const SNAPSHOT_FORMAT = 2;
 /** Snapshots kept per appliance directory (one per machine shape: memory, CPUs, accelerator); ~300 MB each. */
 const KEEP_SNAPSHOTS = 2;
 
@@ -66,7 +66,7 @@ export async function snapshotFiles(shape: SnapshotShape): Promise<SnapshotFiles
         format: SNAPSHOT_FORMAT,
         ids,
         qemu: shape.qemuVersion,
-        accel: shape.accel,
+        accel: accelArgv(shape.accel),
         cpus: shape.cpus,
         memoryMiB: shape.memoryMiB,
         cmdline: shape.cmdline,

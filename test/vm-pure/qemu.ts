@@ -45,6 +45,8 @@ t.test("appliance argv snapshot (tcg, 2 cores)", async (t) => {
     "chardev:serial0",
     "-device",
     "virtio-rng-pci",
+    "-device",
+    "vmgenid,guid=auto",
     "-netdev",
     "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22",
     "-device",
