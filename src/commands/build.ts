@@ -198,6 +198,8 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
           offline: options.offline,
           verbose: !options.json,
           log: (message) => render({ type: "info", message }),
+          // --no-cache bypasses every cache, the saved appliance snapshot included.
+          snapshot: !options.noCache,
           shares: [
             { hostPath: req.workDir, guestPath: GUEST_PATHS.work, readonly: false },
             { hostPath: imageCache, guestPath: GUEST_PATHS.imageCache, readonly: false },

@@ -30,6 +30,8 @@ export interface VmOptions extends VmFlags {
   offline: boolean;
   /** Where progress lines go instead of stderr (a build's view). */
   log?: (line: string) => void;
+  /** false: boot cold even when a saved appliance snapshot could be restored (`--no-cache`). */
+  snapshot?: boolean;
 }
 
 function parseShare(value: string | undefined, cwd: string): ShareRequest {
@@ -92,6 +94,7 @@ export async function bootFromCli(ctx: CommandContext, options: VmOptions): Prom
     ...(options.memoryMiB ? { memoryMiB: options.memoryMiB } : {}),
     ...(options.cpus ? { cpus: options.cpus } : {}),
     ...(options.disks ? { disks: options.disks } : {}),
+    ...(options.snapshot === false ? { snapshot: false } : {}),
   });
 }
 

@@ -18,14 +18,26 @@ export interface SshKeys {
 
 /** Fresh ed25519 pairs for one run, made in-process (no ssh-keygen on the host). */
 export function generateKeys(): SshKeys {
-  const client = utils.generateKeyPairSync("ed25519");
-  const host = utils.generateKeyPairSync("ed25519");
+  const client = parsablePair();
+  const host = parsablePair();
   return {
     clientPrivate: client.private,
     clientPublic: client.public,
     hostPrivate: host.private,
     hostPublic: host.public,
   };
+}
+
+/**
+ * ssh2's generator now and then (about 1 in 250) writes a private key its own parser rejects ("Malformed OpenSSH
+ * private key"); such a pair is made again rather than failing a build.
+ */
+function parsablePair(): { private: string; public: string } {
+  for (let attempt = 0; ; attempt++) {
+    const pair = utils.generateKeyPairSync("ed25519");
+    const ok = !(utils.parseKey(pair.private) instanceof Error) && !(utils.parseKey(pair.public) instanceof Error);
+    if (ok || attempt >= 20) return pair;
+  }
 }
 
 /** The SSH wire blob of an OpenSSH public key line, for comparing against what the server presents. */
