@@ -1,18 +1,18 @@
-// `vmdib build --break` the way a person uses it: through a real terminal (node-pty). The build stops after install.d
-// with a root shell in the image's chroot; what is typed runs there; `exit` lets the build go on to a finished image.
+// `vmdib build --break` the way a person uses it: through a real terminal (node-pty). after-install stops with a root
+// shell in the image's chroot, what is typed runs there, and `exit` lets the build go on to a finished image;
+// after-error offers the shell where a script failed, and leaving it ends the build with that failure.
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pty from "node-pty";
+import type { Test } from "tap";
 import t from "tap";
 import { PACKAGE_ROOT } from "../../src/paths.js";
 
 const ELEMENTS = join(PACKAGE_ROOT, "test", "fixtures", "e2e-elements");
 
-t.test("--break after-install: a shell in the chroot, then the build goes on", async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), "vmdib-e2e-break-"));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const args = ["build", "-n", "-o", "out/b", "-t", "raw", "--break", "after-install", "tiny-os", "block-device-mbr"];
+/** `vmdib ARGS` on a real terminal in `dir`, with helpers to wait for output and to type. */
+function terminal(t: Test, dir: string, args: string[]) {
   const term = pty.spawn(process.execPath, [join(PACKAGE_ROOT, "bin", "vmdib"), ...args], {
     name: "xterm",
     cols: 120,
@@ -51,6 +51,14 @@ t.test("--break after-install: a shell in the chroot, then the build goes on", a
       await new Promise((r) => setTimeout(r, 15));
     }
   };
+  return { exited, expect, type };
+}
+
+t.test("--break after-install: a shell in the chroot, then the build goes on", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-e2e-break-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const args = ["build", "-n", "-o", "out/b", "-t", "raw", "--break", "after-install", "tiny-os", "block-device-mbr"];
+  const { exited, expect, type } = terminal(t, dir, args);
 
   await expect(/break after-install: a root shell in the image's chroot/, 900_000);
   await expect(/# $/m, 120_000);
@@ -63,4 +71,20 @@ t.test("--break after-install: a shell in the chroot, then the build goes on", a
   t.pass("leaving the shell resumes the build");
   t.equal(await exited, 0, "the build finishes");
   t.ok((await stat(join(dir, "out", "b.raw"))).size > 0, "and writes its image");
+});
+
+t.test("--break after-error: a failing script offers a shell; leaving it ends the build with the error", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-e2e-break-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const args = ["build", "-n", "-o", "out/e", "-t", "raw", "--break", "after-error", "tiny-os", "tiny-fail"];
+  const { exited, expect, type } = terminal(t, dir, args);
+
+  await expect(/break after-error: a root shell in the image's chroot; exit it and the build then stops/, 900_000);
+  await expect(/# $/m, 120_000);
+  await type("cat /etc/vmdib-tiny; echo MARK-$((6*7))\r");
+  await expect(/element=tiny-fail tiny-os[\s\S]*MARK-42/, 60_000);
+  t.pass("the shell is in the chroot of the failed step, with what the scripts before it made");
+  await type("exit\r");
+  await expect(/step 'install' failed with exit code \d+ \(install\.d\/60-tiny-fail, exit code 3\)/, 120_000);
+  t.equal(await exited, 1, "the build ends with the script's failure");
 });
