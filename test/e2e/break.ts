@@ -4,61 +4,17 @@
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pty from "node-pty";
-import type { Test } from "tap";
 import t from "tap";
 import { PACKAGE_ROOT } from "../../src/paths.js";
+import { terminal } from "../helpers/pty.js";
 
 const ELEMENTS = join(PACKAGE_ROOT, "test", "fixtures", "e2e-elements");
-
-/** `vmdib ARGS` on a real terminal in `dir`, with helpers to wait for output and to type. */
-function terminal(t: Test, dir: string, args: string[]) {
-  const term = pty.spawn(process.execPath, [join(PACKAGE_ROOT, "bin", "vmdib"), ...args], {
-    name: "xterm",
-    cols: 120,
-    rows: 30,
-    cwd: dir,
-    env: { ...process.env, TERM: "xterm", ELEMENTS_PATH: ELEMENTS } as Record<string, string>,
-  });
-  let screen = "";
-  let cursor = 0;
-  term.onData((d) => {
-    screen += d;
-  });
-  const exited = new Promise<number>((resolve) => term.onExit(({ exitCode }) => resolve(exitCode)));
-  t.teardown(() => {
-    try {
-      term.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-  });
-  const expect = async (re: RegExp, ms: number) => {
-    const end = Date.now() + ms;
-    for (;;) {
-      const m = re.exec(screen.slice(cursor));
-      if (m) {
-        cursor += m.index + m[0].length;
-        return m;
-      }
-      if (Date.now() > end) throw new Error(`timed out waiting for ${re}; screen so far:\n${screen.slice(-3000)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  };
-  const type = async (text: string) => {
-    for (const ch of text) {
-      term.write(ch);
-      await new Promise((r) => setTimeout(r, 15));
-    }
-  };
-  return { exited, expect, type };
-}
 
 t.test("--break after-install: a shell in the chroot, then the build goes on", async (t) => {
   const dir = await mkdtemp(join(tmpdir(), "vmdib-e2e-break-"));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const args = ["build", "-n", "-o", "out/b", "-t", "raw", "--break", "after-install", "tiny-os", "block-device-mbr"];
-  const { exited, expect, type } = terminal(t, dir, args);
+  const { exited, expect, type } = terminal(t, args, { cwd: dir, env: { ELEMENTS_PATH: ELEMENTS } });
 
   await expect(/break after-install: a root shell in the image's chroot/, 900_000);
   await expect(/# $/m, 120_000);
@@ -77,7 +33,7 @@ t.test("--break after-error: a failing script offers a shell; leaving it ends th
   const dir = await mkdtemp(join(tmpdir(), "vmdib-e2e-break-"));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const args = ["build", "-n", "-o", "out/e", "-t", "raw", "--break", "after-error", "tiny-os", "tiny-fail"];
-  const { exited, expect, type } = terminal(t, dir, args);
+  const { exited, expect, type } = terminal(t, args, { cwd: dir, env: { ELEMENTS_PATH: ELEMENTS } });
 
   await expect(/break after-error: a root shell in the image's chroot; exit it and the build then stops/, 900_000);
   await expect(/# $/m, 120_000);
