@@ -35,17 +35,23 @@ export function buildEnvFile(plan: BuildPlan, overrides: Readonly<Record<string,
  * element scripts that run in the guest: copy each such file into the work dir and point the variable at the copy.
  * Only regular files: a setting such as DIB_MOUNTPOINTS=/ names a path in the image, not something to copy.
  */
-async function copyHostFiles(env: Readonly<Record<string, string>>, dir: string): Promise<Record<string, string>> {
-  const rewritten: Record<string, string> = {};
+/** The DIB_* settings whose value names a regular file of the host: [variable, path]. */
+export async function hostFileSettings(env: Readonly<Record<string, string>>): Promise<[string, string][]> {
+  const out: [string, string][] = [];
   for (const [name, value] of Object.entries(env)) {
     if (!name.startsWith("DIB_") || !isAbsolute(value)) continue;
-    if (
-      !(await stat(value).then(
-        (s) => s.isFile(),
-        () => false,
-      ))
-    )
-      continue;
+    const file = await stat(value).then(
+      (s) => s.isFile(),
+      () => false,
+    );
+    if (file) out.push([name, value]);
+  }
+  return out;
+}
+
+async function copyHostFiles(env: Readonly<Record<string, string>>, dir: string): Promise<Record<string, string>> {
+  const rewritten: Record<string, string> = {};
+  for (const [name, value] of await hostFileSettings(env)) {
     await mkdir(join(dir, "host-files", name), { recursive: true });
     await cp(value, join(dir, "host-files", name, basename(value)));
     rewritten[name] = `${GUEST_PATHS.work}/host-files/${name}/${basename(value)}`;

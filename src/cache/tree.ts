@@ -7,6 +7,7 @@ import { readdir, readFile, readlink, rename, rm, stat, utimes, writeFile } from
 import { join } from "node:path";
 import { pidAlive } from "../lock.js";
 import { sha256File } from "../vm/appliance/archive.js";
+import { hostFileSettings } from "../workdir.js";
 
 /** Where the cache directory is shared read-write in the guest. */
 export const GUEST_TREES = "/vmdib/trees";
@@ -116,11 +117,7 @@ export async function digestDir(dir: string): Promise<string> {
 /** Content hashes of the regular files that DIB_* values name on the host. */
 export async function digestHostFiles(env: Readonly<Record<string, string>>): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
-  for (const [name, value] of Object.entries(env)) {
-    if (!name.startsWith("DIB_") || !value.startsWith("/")) continue;
-    const s = await stat(value).catch(() => undefined);
-    if (s?.isFile()) out[name] = sha256(await readFile(value));
-  }
+  for (const [name, path] of await hostFileSettings(env)) out[name] = sha256(await readFile(path));
   return out;
 }
 

@@ -1,10 +1,10 @@
 // `vmdib doctor`: can a build run here, and if not, what to do. Facts are gathered (QEMU, accelerator, 9p, free space,
 // mirror, appliance cache), judged by a pure function, and printed one line per check with the command that fixes it.
-import { spawn } from "node:child_process";
 import { statfs } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { execa } from "execa";
 import { VmdibError } from "../errors.js";
 import { redactUrl, resolveMirror } from "../mirror.js";
 import { cacheDir } from "../paths.js";
@@ -131,17 +131,10 @@ export function renderChecks(checks: readonly Check[]): string {
 // Gathering facts (effects).
 // ---------------------------------------------------------------------------------------------------------------
 
-/** stdout of a program, or undefined when it cannot be run. */
-function output(cmd: string, args: readonly string[]): Promise<string | undefined> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "ignore"] });
-    let text = "";
-    child.stdout.on("data", (d: Buffer) => {
-      text += d.toString();
-    });
-    child.on("error", () => resolve(undefined));
-    child.on("close", (code) => resolve(code === 0 ? text : undefined));
-  });
+/** stdout of a program, or undefined when it cannot be run or fails. */
+async function output(cmd: string, args: readonly string[]): Promise<string | undefined> {
+  const r = await execa(cmd, args, { reject: false, stdin: "ignore" });
+  return r.exitCode === 0 ? r.stdout : undefined;
 }
 
 const message = (err: unknown) => (err instanceof Error ? err.message : String(err));

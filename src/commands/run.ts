@@ -105,15 +105,21 @@ export const run: Command = async (ctx) => {
   }
   const { options, command } = parseVmArgs(ctx.args, ctx.cwd);
   if (command.length === 0) throw new UsageError("no command given", { hint: "vmdib run -- COMMAND [ARG...]" });
-  const machine = await bootFromCli(ctx, options);
-  let failed = false;
-  try {
+  return await usingMachine(await bootFromCli(ctx, options), async (machine) => {
     const t0 = performance.now();
     const code = await machine.exec(command, { stdout: ctx.stdout, stderr: ctx.stderr, signal: ctx.signal });
     if (options.verbose) {
       ctx.stderr.write(`vmdib: command exited ${code} after ${((performance.now() - t0) / 1000).toFixed(2)} s\n`);
     }
     return code;
+  });
+};
+
+/** Runs `fn` with the machine, then shuts it down (`vmdib run`, `vmdib shell`). */
+export async function usingMachine<T>(machine: Machine, fn: (machine: Machine) => Promise<T>): Promise<T> {
+  let failed = false;
+  try {
+    return await fn(machine);
   } catch (err) {
     failed = true;
     throw err;
@@ -123,4 +129,4 @@ export const run: Command = async (ctx) => {
       if (!failed) throw err;
     });
   }
-};
+}

@@ -4,7 +4,7 @@
 import { UsageError } from "../errors.js";
 import type { Machine } from "../vm/machine.js";
 import type { Command, CommandContext } from "./context.js";
-import { bootFromCli, parseVmArgs } from "./run.js";
+import { bootFromCli, parseVmArgs, usingMachine } from "./run.js";
 
 const HELP = `usage: vmdib shell [options]
 
@@ -23,18 +23,7 @@ export const run: Command = async (ctx) => {
       hint: "to run one command use `vmdib run -- COMMAND`",
     });
   }
-  const machine = await bootFromCli(ctx, options);
-  let failed = false;
-  try {
-    return await terminalShell(ctx, machine);
-  } catch (err) {
-    failed = true;
-    throw err;
-  } finally {
-    await machine.stop().catch((err: unknown) => {
-      if (!failed) throw err;
-    });
-  }
+  return await usingMachine(await bootFromCli(ctx, options), (machine) => terminalShell(ctx, machine));
 };
 
 /** A shell (or `command`) in the guest on this terminal: raw mode, window size and resizes; the exit code back. */

@@ -10,6 +10,7 @@ import getPort from "get-port";
 import ssh2 from "ssh2";
 import { CleanupStack } from "../cleanup.js";
 import { UsageError, VmdibError } from "../errors.js";
+import { pidAlive } from "../lock.js";
 import { cacheDir } from "../paths.js";
 import { type AccelVerdict, chooseAccel, findQemu, hostCpus, type QemuInfo } from "./probe.js";
 import { type Accel, type HostFacts, machineArgv, qemuOptValue } from "./qemu.js";
@@ -501,15 +502,6 @@ async function stopQemu(child: ChildProcess, exited: Promise<QemuExit>, log: (l:
 
 const RUN_PREFIX = "vmdib-image-";
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /**
  * Remove run directories of controllers that died without cleaning up (SIGKILL; their QEMU died with them through
  * the parent-death signal). Only directories with a controller.pid of a dead process go; others are not ours to judge.
@@ -518,7 +510,7 @@ async function sweepStaleRunDirs(base: string): Promise<void> {
   for (const name of await readdir(base).catch(() => [] as string[])) {
     if (!name.startsWith(RUN_PREFIX)) continue;
     const pid = Number.parseInt(await readFile(join(base, name, "controller.pid"), "utf8").catch(() => ""), 10);
-    if (Number.isInteger(pid) && pid > 0 && !alive(pid)) {
+    if (Number.isInteger(pid) && pid > 0 && !pidAlive(pid)) {
       await rm(join(base, name), { recursive: true, force: true }).catch(() => {});
     }
   }

@@ -11,6 +11,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import getPort from "get-port";
 import { CleanupStack } from "../cleanup.js";
 import { VmdibError } from "../errors.js";
+import { pidAlive } from "../lock.js";
 import { cacheDir } from "../paths.js";
 import { shellJoin } from "../shell.js";
 import type { AccelVerdict, QemuInfo } from "./probe.js";
@@ -146,15 +147,6 @@ function runBase(env: NodeJS.ProcessEnv): string {
   return join(env.TMPDIR || tmpdir(), `vmdib-${userInfo().uid}`);
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /**
  * Remove run directories whose controller died without cleaning up (SIGKILL leaves them behind; the guest's
  * lifeline has already stopped their QEMU). A directory whose controller or QEMU still runs is left alone.
@@ -179,7 +171,7 @@ export async function sweepStaleRunDirs(env: NodeJS.ProcessEnv = process.env): P
       ),
     );
     if (Number.isNaN(pids[0] ?? Number.NaN)) continue; // still being created, or not ours
-    if (pids.some((p) => p !== undefined && !Number.isNaN(p) && alive(p))) continue;
+    if (pids.some((p) => p !== undefined && !Number.isNaN(p) && pidAlive(p))) continue;
     await rm(dir, { recursive: true, force: true });
     removed.push(dir);
   }

@@ -7,28 +7,12 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
+import { pidAlive } from "../../src/lock.js";
 import { PACKAGE_ROOT } from "../../src/paths.js";
+import { waitFor } from "../vm/helpers.js";
 
 const VMDIB = join(PACKAGE_ROOT, "bin", "vmdib");
 const ELEMENTS = join(PACKAGE_ROOT, "test", "fixtures", "e2e-elements");
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
-async function waitFor(pred: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await pred()) return true;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  return await pred();
-}
 
 /** The build's work directories (TMPDIR/vmdib-build-*) and VM run directories (TMPDIR/vmdib-<uid>/run-*). */
 async function leftovers(tmp: string): Promise<string[]> {
@@ -77,7 +61,7 @@ async function startSlowBuild(t: { teardown(fn: () => unknown): void }) {
 
 t.test("QEMU SIGKILLed during install.d: exit 1 naming the step and script, console tail, nothing left", async (t) => {
   const b = await startSlowBuild(t);
-  t.ok(alive(b.qemuPid), "QEMU runs");
+  t.ok(pidAlive(b.qemuPid), "QEMU runs");
   process.kill(b.qemuPid, "SIGKILL");
   const code = await b.exited;
   const { stderr } = b.out();
@@ -106,7 +90,7 @@ t.test("SIGTERM to vmdib build during install.d: exit 143 within 30 s, QEMU gone
   const s = (Date.now() - t0) / 1000;
   t.equal(code, 143, b.out().stderr);
   t.ok(s < 30, `ended ${s.toFixed(1)} s after SIGTERM`);
-  t.notOk(alive(b.qemuPid), "QEMU is gone");
+  t.notOk(pidAlive(b.qemuPid), "QEMU is gone");
   t.same(await leftovers(b.tmp), [], "no run or work directory left");
   t.equal(await readFile(join(b.dir, "out", "tiny.qcow2"), "utf8"), "an older image\n", "older image untouched");
   t.notOk(existsSync(join(b.dir, "out", "tiny.raw")), "no partial raw image");
@@ -120,7 +104,7 @@ t.test("Ctrl-C (SIGINT) to vmdib build during install.d: exit 130 within 30 s, Q
   const s = (Date.now() - t0) / 1000;
   t.equal(code, 130, b.out().stderr);
   t.ok(s < 30, `ended ${s.toFixed(1)} s after SIGINT`);
-  t.notOk(alive(b.qemuPid), "QEMU is gone");
+  t.notOk(pidAlive(b.qemuPid), "QEMU is gone");
   t.same(await leftovers(b.tmp), [], "no run or work directory left");
   t.equal(await readFile(join(b.dir, "out", "tiny.qcow2"), "utf8"), "an older image\n", "older image untouched");
 });

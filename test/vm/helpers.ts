@@ -57,16 +57,6 @@ export function collector(): { stream: Writable; text: () => string } {
   return { stream, text: () => Buffer.concat(chunks).toString("utf8") };
 }
 
-/** Is a process with this pid alive? */
-export function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /** Poll until `pred` holds or `ms` pass; returns whether it held. */
 export async function waitFor(pred: () => boolean | Promise<boolean>, ms: number, stepMs = 200): Promise<boolean> {
   const end = Date.now() + ms;

@@ -9,9 +9,10 @@ import { join } from "node:path";
 import getPort from "get-port";
 import t from "tap";
 import { VmdibError } from "../../src/errors.js";
+import { pidAlive } from "../../src/lock.js";
 import { PACKAGE_ROOT } from "../../src/paths.js";
 import { sweepStaleRunDirs } from "../../src/vm/machine.js";
-import { alive, bootMachine, collector, prepareVm, tempDir, waitFor } from "./helpers.js";
+import { bootMachine, collector, prepareVm, tempDir, waitFor } from "./helpers.js";
 
 await prepareVm();
 
@@ -123,7 +124,7 @@ t.test("two appliances at once do not interfere; killing one mid-command gives a
   // B carries on.
   t.equal(await id(b), idb);
   await b.stop();
-  t.notOk(alive(b.pid));
+  t.notOk(pidAlive(b.pid));
   t.notOk(existsSync(b.runDir));
 });
 
@@ -144,13 +145,13 @@ async function startCliRun(): Promise<{ child: ChildProcess; qemuPid: number; ru
 
 t.test("SIGTERM to `vmdib run` mid-command: exit 143, QEMU gone, run directory removed", async (t) => {
   const { child, qemuPid, runDir } = await startCliRun();
-  t.ok(alive(qemuPid));
+  t.ok(pidAlive(qemuPid));
   const t0 = Date.now();
   const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
   child.kill("SIGTERM");
   t.equal(await exited, 143);
   t.ok(Date.now() - t0 < 30_000, "within 30 s");
-  t.notOk(alive(qemuPid), "QEMU is gone");
+  t.notOk(pidAlive(qemuPid), "QEMU is gone");
   t.notOk(existsSync(runDir), "run directory removed");
 });
 
@@ -159,7 +160,7 @@ t.test(
   async (t) => {
     const { child, qemuPid, runDir, tmp } = await startCliRun();
     child.kill("SIGKILL");
-    t.ok(await waitFor(() => !alive(qemuPid), 60_000), `QEMU ${qemuPid} gone`);
+    t.ok(await waitFor(() => !pidAlive(qemuPid), 60_000), `QEMU ${qemuPid} gone`);
     t.ok(existsSync(runDir), "a SIGKILLed controller cannot clean up after itself...");
     const swept = await sweepStaleRunDirs({ ...process.env, TMPDIR: tmp });
     t.same(swept, [runDir], "...so the next start does");
@@ -173,10 +174,10 @@ t.test("controller SIGKILLed without parent-death signal: the guest's lifeline p
   });
   const line = await waitForLine(child, "stdout", /^qemu-pid \d+/, 300_000);
   const qemuPid = Number(/^qemu-pid (\d+)/.exec(line)?.[1]);
-  t.ok(alive(qemuPid));
+  t.ok(pidAlive(qemuPid));
   const t0 = Date.now();
   child.kill("SIGKILL");
-  t.ok(await waitFor(() => !alive(qemuPid), 60_000), "QEMU gone within a minute");
+  t.ok(await waitFor(() => !pidAlive(qemuPid), 60_000), "QEMU gone within a minute");
   t.comment(`QEMU ended ${((Date.now() - t0) / 1000).toFixed(1)} s after its controller was killed`);
   await sweepStaleRunDirs();
 });

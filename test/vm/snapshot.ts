@@ -8,9 +8,10 @@ import { copyFile, open, readdir, readFile, stat, writeFile } from "node:fs/prom
 import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import t from "tap";
+import { pidAlive } from "../../src/lock.js";
 import type { ApplianceFiles, Machine, StartOptions } from "../../src/vm/machine.js";
 import { runConfigText, SNAPSHOT_DISK_BYTES } from "../../src/vm/snapshot.js";
-import { alive, bootMachine, collector, prepareVm, tempDir, waitFor } from "./helpers.js";
+import { bootMachine, collector, prepareVm, tempDir, waitFor } from "./helpers.js";
 
 if (process.env.VMDIB_SNAPSHOT_CHILD === "1") {
   // Child mode (the SIGKILL test): restore without setpriv's parent-death signal, so only the lifeline can stop QEMU.
@@ -128,7 +129,7 @@ t.test("the first start saves a snapshot; the next restores it with the run's sh
   const clock = Number((await out(m, "date +%s")).text.trim());
   t.ok(Math.abs(clock - Date.now() / 1000) < 120, `the guest clock is now, not the snapshot's (${clock})`);
   await m.stop();
-  t.notOk(alive(m.pid));
+  t.notOk(pidAlive(m.pid));
 });
 
 t.test("two VMs restored from one snapshot at once do not interfere", async (t) => {
@@ -169,9 +170,9 @@ t.test("controller SIGKILLed after a restore: the lifeline still ends QEMU", asy
   const [, pid, start] = /qemu-pid (\d+) start (\w+)/.exec(line) ?? [];
   t.equal(start, "restored");
   const qemuPid = Number(pid);
-  t.ok(alive(qemuPid));
+  t.ok(pidAlive(qemuPid));
   child.kill("SIGKILL");
-  t.ok(await waitFor(() => !alive(qemuPid), 60_000), "QEMU is gone");
+  t.ok(await waitFor(() => !pidAlive(qemuPid), 60_000), "QEMU is gone");
 });
 
 t.test("a damaged snapshot is detected and the start falls back to a cold boot", async (t) => {
