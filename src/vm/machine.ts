@@ -117,6 +117,8 @@ export interface Machine {
   readonly sshPort: number;
   readonly runDir: string;
   readonly serialLog: string;
+  /** QEMU's QMP socket (in the run directory). */
+  readonly qmpSocket: string;
   readonly accel: AccelVerdict;
   /** Milliseconds from spawning QEMU to the guest's ready marker, and the guest's own uptime then (s). */
   readonly readyMs: number;
@@ -331,7 +333,9 @@ async function startOn(
               ssh_host_ed25519_key: join(runDir, "ssh_host_ed25519_key"),
             },
         pidFile: join(runDir, "qemu.pid"),
-        ...(mode !== "cold" ? { qmpSocket } : {}),
+        // QMP in every mode: snapshots are saved and restored through it, and a lost SSH connection is diagnosed
+        // by asking QEMU whether the guest still runs.
+        qmpSocket,
         ...(mode === "restore" && snap ? { incoming: incomingArgv(snap)[1] } : {}),
       };
       const argv = qemuArgv(spec, { accel: opts.accel.accel, cpus: hostCpus() });
@@ -629,6 +633,19 @@ async function shutdownLadder(
   await exited;
 }
 
+/** The guest's run state as QEMU reports it over QMP ("running", "paused", ...), or undefined if QEMU does not answer. */
+async function vcpuStatus(qmpSocket: string): Promise<string | undefined> {
+  let qmp: QmpClient | undefined;
+  try {
+    qmp = await QmpClient.connect(qmpSocket, 2_000);
+    return (await qmp.execute<{ status: string }>("query-status")).status;
+  } catch {
+    return undefined;
+  } finally {
+    qmp?.close();
+  }
+}
+
 /** Keep a copy of a failed run's serial console where the user can read it after the run dir is gone. */
 async function preserveSerialLog(serialLog: string, env: NodeJS.ProcessEnv, err: unknown): Promise<void> {
   try {
@@ -680,13 +697,29 @@ function makeMachine(p: MachineParts): Machine {
             context: ["serial console:", ...tail],
             hint: "give the helper VM more memory with --memory",
           })
-        : new VmdibError(`lost the SSH connection to the appliance while running ${what}`, {
-            cause: err,
-            context: tail.length ? ["serial console:", ...tail] : [],
-            hint: "the guest stopped answering; its console is above",
-          });
+        : await lostConnection(err, what, tail);
     await preserveSerialLog(p.serialLog, p.env, e);
     throw e;
+  }
+
+  /** QEMU still runs: tell a guest cut off from its network from a QEMU that is itself frozen (asked over QMP). */
+  async function lostConnection(err: unknown, what: string, tail: readonly string[]): Promise<VmdibError> {
+    const keepalive = p.opts.keepalive ?? { intervalMs: 5_000, countMax: 12 };
+    const silent = Math.round((keepalive.intervalMs * keepalive.countMax) / 1000);
+    const status = await within(vcpuStatus(join(p.runDir, "qmp.sock")), 3_000);
+    const why =
+      status === undefined
+        ? "QEMU itself stopped responding (its process is stopped or stuck)"
+        : `QEMU still runs the guest (${status}), but nothing came back over its network`;
+    // ssh2 names the keepalive timeout as the connection's error; any other loss says its own reason.
+    const silence = /keepalive/i.test(oneLine(err))
+      ? `no answer to SSH keepalives for ${silent} s`
+      : `the connection ended: ${oneLine(err)}`;
+    return new VmdibError(`lost the SSH connection to the appliance while running ${what}`, {
+      cause: err,
+      context: [`${silence}; ${why}`, ...(tail.length ? ["serial console:", ...tail] : [])],
+      hint: "the guest stopped answering (its console is above) and the helper VM is stopped; run the command again, and if it happens again keep the console log named above",
+    });
   }
 
   return {
@@ -694,6 +727,7 @@ function makeMachine(p: MachineParts): Machine {
     sshPort: p.sshPort,
     runDir: p.runDir,
     serialLog: p.serialLog,
+    qmpSocket: join(p.runDir, "qmp.sock"),
     accel: p.opts.accel,
     readyMs: p.readyMs,
     guestUptimeAtReady: p.guestUptimeAtReady,

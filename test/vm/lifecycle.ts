@@ -12,6 +12,7 @@ import { VmdibError } from "../../src/errors.js";
 import { pidAlive } from "../../src/lock.js";
 import { PACKAGE_ROOT } from "../../src/paths.js";
 import { sweepStaleRunDirs } from "../../src/vm/machine.js";
+import { QmpClient } from "../../src/vm/qmp.js";
 import { bootMachine, collector, prepareVm, tempDir, waitFor } from "./helpers.js";
 
 await prepareVm();
@@ -71,7 +72,39 @@ t.test("a guest that stops answering is detected by keepalives within a bounded 
   t.ok(err instanceof VmdibError);
   t.match((err as VmdibError).message, /lost the SSH connection to the appliance while running `sleep 300`/);
   t.match((err as VmdibError).hint, /stopped answering/);
+  t.ok(
+    (err as VmdibError).context.some((l) => /QEMU itself stopped responding/.test(l)),
+    "says that QEMU itself is frozen",
+  );
   t.ok(s < 30, `noticed after ${s.toFixed(1)} s`);
+});
+
+t.test("a guest whose network goes down while QEMU runs: keepalives notice, clear error, nothing left", async (t) => {
+  const m = await bootMachine({ keepalive: { intervalMs: 1000, countMax: 5 } });
+  t.teardown(() => m.stop());
+  const running = m.exec("sleep 300");
+  await new Promise((r) => setTimeout(r, 1000));
+  // The guest keeps running; only its NIC loses its link (the user-net netdev of qemu.ts), as when a guest's
+  // network stack wedges: the forwarded port still accepts, nothing answers behind it.
+  const qmp = await QmpClient.connect(m.qmpSocket);
+  await qmp.execute("set_link", { name: "net0", up: false });
+  qmp.close();
+  const t0 = Date.now();
+  const err = await running.catch((e: unknown) => e);
+  const s = (Date.now() - t0) / 1000;
+  t.ok(err instanceof VmdibError);
+  t.match((err as VmdibError).message, /lost the SSH connection to the appliance while running `sleep 300`/);
+  t.ok(
+    (err as VmdibError).context.some((l) =>
+      /no answer to SSH keepalives for 5 s; QEMU still runs the guest \(running\)/.test(l),
+    ),
+    "says that QEMU still runs and the network went quiet",
+  );
+  t.match((err as VmdibError).hint, /stopped answering/);
+  t.ok(s < 30, `noticed after ${s.toFixed(1)} s`);
+  await m.stop();
+  t.notOk(pidAlive(m.pid), "QEMU is gone");
+  t.notOk(existsSync(m.runDir), "run directory removed");
 });
 
 t.test("the forwarded port taken before QEMU binds it: retried with another", async (t) => {
