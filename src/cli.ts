@@ -94,8 +94,20 @@ export async function main(argv: string[], ctx: Omit<CommandContext, "args">): P
     }
     return await (await command.load())({ ...ctx, args });
   } catch (err) {
-    ctx.stderr.write(redactSecrets(renderError(err, debug)));
+    // The reader of our output went away (`vmdib ... | head`): nothing to say, and nobody to say it to.
+    if (!(err instanceof OutputClosed)) ctx.stderr.write(redactSecrets(renderError(err, debug)));
     return err instanceof VmdibError ? err.exitCode : 1;
+  }
+}
+
+/** 128 + SIGPIPE: what a program that dies of a closed pipe exits with (`yes | head` under `set -o pipefail`). */
+export const EXIT_PIPE_CLOSED = 141;
+
+/** Why a command was aborted when its stdout pipe closed; main() ends quietly on it. */
+export class OutputClosed extends VmdibError {
+  constructor() {
+    super("the reader of vmdib's output went away", { exitCode: EXIT_PIPE_CLOSED });
+    this.name = "OutputClosed";
   }
 }
 
@@ -131,6 +143,19 @@ export async function run(): Promise<void> {
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
+  // Node ignores SIGPIPE, so a closed stdout (`vmdib build ... | head`) arrives as an EPIPE 'error' event, which
+  // unhandled would crash with a stack trace. Instead the command is aborted like an interrupt (its cleanup stack
+  // unwinds, QEMU stops) and vmdib exits quietly with 141.
+  let pipeClosed = false;
+  const onStreamError = (err: NodeJS.ErrnoException) => {
+    if (err.code !== "EPIPE") throw err;
+    if (pipeClosed) return;
+    pipeClosed = true;
+    process.exitCode = EXIT_PIPE_CLOSED;
+    controller.abort(new OutputClosed());
+  };
+  process.stdout.on("error", onStreamError);
+  process.stderr.on("error", onStreamError);
   const code = await main(process.argv.slice(2), {
     env: process.env,
     cwd: process.cwd(),
@@ -139,5 +164,5 @@ export async function run(): Promise<void> {
     stderr: process.stderr,
     signal: controller.signal,
   });
-  process.exitCode = signalled ? (signalled === "SIGINT" ? 130 : 143) : code;
+  process.exitCode = signalled ? (signalled === "SIGINT" ? 130 : 143) : pipeClosed ? EXIT_PIPE_CLOSED : code;
 }
