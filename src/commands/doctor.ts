@@ -8,6 +8,7 @@ import { execa } from "execa";
 import { VmdibError } from "../errors.js";
 import { redactUrl, resolveMirror } from "../mirror.js";
 import { cacheDir } from "../paths.js";
+import { mirrorRequest } from "../vm/appliance/archive.js";
 import { listAppliances } from "../vm/appliance/index.js";
 import { chooseAccel, findQemu } from "../vm/probe.js";
 import type { Command, CommandContext } from "./context.js";
@@ -187,7 +188,10 @@ async function mirrorFacts(env: NodeJS.ProcessEnv): Promise<Facts["mirror"]> {
   }
   const release = env.DIB_RELEASE || "bookworm";
   try {
-    const res = await fetch(`${url}/dists/${release}/InRelease`, {
+    // Credentials in the mirror URL become a Basic header, as for the downloads themselves.
+    const request = mirrorRequest(`${url}/dists/${release}/InRelease`);
+    const res = await fetch(request.url, {
+      headers: request.headers,
       method: "HEAD",
       signal: AbortSignal.timeout(15_000),
     });

@@ -11,13 +11,17 @@ import t from "tap";
 import { VmdibError } from "../../src/errors.js";
 import { PACKAGE_ROOT } from "../../src/paths.js";
 import {
+  type ApplianceEvent,
   type ArchiveOptions,
+  downloadMeter,
   downloadVerified,
   fetchDebs,
   loadPackages,
   loadRelease,
+  mirrorRequest,
   verifyInRelease,
 } from "../../src/vm/appliance/archive.js";
+import type { DebPackage } from "../../src/vm/appliance/packages.js";
 
 const FIX = join(PACKAGE_ROOT, "test", "fixtures", "appliance");
 const KEYRING = join(FIX, "test-keyring.gpg");
@@ -174,3 +178,133 @@ t.test("fetchDebs: verified downloads into the shared cache; a corrupted cached 
     "no partial file left",
   );
 });
+
+t.test(
+  "mirrorRequest: credentials in the URL become a Basic header, percent-escapes decoded; none, no header",
+  async (t) => {
+    const r = mirrorRequest("http://ci%40corp:p%3Ass%20w0rd@mirror.invalid:8080/debian/dists/x/InRelease");
+    t.equal(r.url, "http://mirror.invalid:8080/debian/dists/x/InRelease");
+    t.equal(r.headers.authorization, `Basic ${Buffer.from("ci@corp:p:ss w0rd").toString("base64")}`);
+    t.same(mirrorRequest("http://mirror.invalid/debian"), { url: "http://mirror.invalid/debian", headers: {} });
+    t.equal(mirrorRequest("http://token@mirror.invalid/d").headers.authorization, `Basic ${btoa("token:")}`);
+  },
+);
+
+/** A mirror that serves `routes` only with `Authorization: Basic base64(user:password)`, 401 otherwise. */
+async function serveWithAuth(routes: Record<string, Buffer>, user: string, password: string) {
+  const want = `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+  const seen: { url: string; authorization: string | undefined }[] = [];
+  const server = createServer((req, res) => {
+    seen.push({ url: req.url ?? "", authorization: req.headers.authorization });
+    const body = routes[req.url ?? ""];
+    if (req.headers.authorization !== want) {
+      res.writeHead(401, { "www-authenticate": 'Basic realm="test mirror"' });
+      res.end();
+    } else if (!body) {
+      res.writeHead(404);
+      res.end();
+    } else {
+      res.writeHead(200, { "content-length": body.length });
+      res.end(body);
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { port: (server.address() as AddressInfo).port, server, seen };
+}
+
+t.test("an authenticated mirror: index, Packages and a .deb fetched with the Basic header", async (t) => {
+  const deb = Buffer.from("!<arch>\nfake deb");
+  const { port, server, seen } = await serveWithAuth(
+    {
+      "/debian/dists/test/InRelease": inRelease,
+      "/debian/dists/test/main/binary-amd64/Packages.gz": packagesGz,
+      "/debian/pool/x/x_1_amd64.deb": deb,
+    },
+    "ci@corp",
+    "p:ss w0rd",
+  );
+  t.teardown(() => server.close());
+  const events: ApplianceEvent[] = [];
+  const o = opts(t, `http://ci%40corp:p%3Ass%20w0rd@127.0.0.1:${port}/debian`, { onEvent: (e) => events.push(e) });
+  const loaded = await loadPackages(o, await loadRelease(o));
+  t.ok(loaded.index.packages.has("hello"));
+  const pkg = {
+    ...(loaded.index.packages.get("hello") as DebPackage),
+    filename: "pool/x/x_1_amd64.deb",
+    sha256: createHash("sha256").update(deb).digest("hex"),
+    size: deb.length,
+  };
+  const [got] = await fetchDebs([pkg], o);
+  t.equal(readFileSync(got?.path ?? "").toString(), deb.toString());
+  t.same(
+    seen.map((s) => s.url),
+    [
+      "/debian/dists/test/InRelease",
+      "/debian/dists/test/main/binary-amd64/Packages.gz",
+      "/debian/pool/x/x_1_amd64.deb",
+    ],
+    "every request authenticated at the first try",
+  );
+  t.ok(
+    seen.every((s) => s.authorization?.startsWith("Basic ")),
+    "the header on each",
+  );
+  t.notOk(JSON.stringify(events).includes("w0rd"), "no event carries the password");
+  const progress = events.filter((e) => e.type === "download-progress");
+  t.match(progress[0], { what: "package index", done: 0, total: packagesGz.length, files: 1, filesDone: 0 });
+  t.match(progress.filter((e) => e.what === "packages").at(-1), {
+    done: deb.length,
+    total: deb.length,
+    files: 1,
+    filesDone: 1,
+  });
+});
+
+t.test("downloadMeter: the first and the last report always, the ones between at most every 250 ms", async (t) => {
+  const events: ApplianceEvent[] = [];
+  let clock = 0;
+  const meter = downloadMeter(
+    "packages",
+    { bytes: 300, files: 2 },
+    (e) => events.push(e),
+    () => clock,
+  );
+  for (let i = 0; i < 10; i++) {
+    clock += 50;
+    meter.data(20);
+  }
+  meter.fileDone();
+  clock += 10;
+  meter.data(100);
+  meter.fileDone();
+  t.same(
+    events.map((e) => (e.type === "download-progress" ? [e.done, e.filesDone] : [])),
+    [
+      [0, 0],
+      [100, 0],
+      [200, 0],
+      [300, 2],
+    ],
+  );
+});
+
+t.test(
+  "401 from a mirror: the status, the redacted mirror, a hint about credentials; never the password",
+  async (t) => {
+    const { port, server } = await serveWithAuth({ "/debian/dists/test/InRelease": inRelease }, "ci", "right");
+    t.teardown(() => server.close());
+    const wrong = (await loadRelease(opts(t, `http://ci:wrong-s3cret@127.0.0.1:${port}/debian`)).catch(
+      (e: unknown) => e,
+    )) as VmdibError;
+    t.type(wrong, VmdibError);
+    t.equal(
+      wrong.message,
+      `the Debian mirror http://***@127.0.0.1:${port}/debian answered 401 Unauthorized for http://***@127.0.0.1:${port}/debian/dists/test/InRelease`,
+    );
+    t.match(wrong.hint, /refused the credentials/);
+    t.notMatch(`${wrong.message} ${wrong.hint} ${wrong.context.join(" ")}`, /s3cret/);
+    const none = (await loadRelease(opts(t, `http://127.0.0.1:${port}/debian`)).catch((e: unknown) => e)) as VmdibError;
+    t.match(none.message, /answered 401/);
+    t.match(none.hint, /wants credentials: put them in the URL/);
+  },
+);

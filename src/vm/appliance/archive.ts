@@ -18,11 +18,57 @@ export type ApplianceEvent =
   | { type: "download-start"; name: string; bytes: number }
   | { type: "download-done"; name: string; bytes: number; ms: number }
   | { type: "downloads"; count: number; bytes: number; cached: number }
+  | ({ type: "download-progress" } & DownloadProgress)
   | { type: "step"; message: string; ms?: number }
   | { type: "cache-hit"; key: string; dir: string }
   | { type: "warning"; message: string };
 
 export type OnEvent = (e: ApplianceEvent) => void;
+
+/**
+ * How far one batch of downloads is (the package index, or the .debs missing from the cache). The total is known
+ * up front from the signed index (Size fields), so a view can show "x of y MiB, rate, ETA".
+ */
+export interface DownloadProgress {
+  /** "package index" or "packages". */
+  readonly what: string;
+  readonly done: number;
+  readonly total: number;
+  readonly files: number;
+  readonly filesDone: number;
+}
+
+/** Progress events of a batch are at most this far apart (plus the first and the last), however fast bytes arrive. */
+export const PROGRESS_INTERVAL_MS = 250;
+
+/** Counts a batch's bytes and files, reporting through `onEvent` at most every PROGRESS_INTERVAL_MS. */
+export function downloadMeter(
+  what: string,
+  totals: { bytes: number; files: number },
+  onEvent: OnEvent | undefined,
+  now: () => number = Date.now,
+) {
+  let done = 0;
+  let filesDone = 0;
+  let last = -Infinity;
+  const emit = (force: boolean) => {
+    const t = now();
+    if (!onEvent || (!force && t - last < PROGRESS_INTERVAL_MS)) return;
+    last = t;
+    onEvent({ type: "download-progress", what, done, total: totals.bytes, files: totals.files, filesDone });
+  };
+  emit(true);
+  return {
+    data(bytes: number) {
+      done += bytes;
+      emit(false);
+    },
+    fileDone() {
+      filesDone++;
+      emit(filesDone === totals.files);
+    },
+  };
+}
 
 export const DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
@@ -49,7 +95,8 @@ export interface LoadedIndex {
 }
 
 function indexDir(o: ArchiveOptions): string {
-  const mirrorId = createHash("sha256").update(o.mirror).digest("hex").slice(0, 12);
+  // Without credentials: the same mirror's index is the same whoever logs in (and the password may change).
+  const mirrorId = createHash("sha256").update(mirrorRequest(o.mirror).url).digest("hex").slice(0, 12);
   return join(o.cacheRoot, "index", mirrorId, o.suite);
 }
 
@@ -66,10 +113,31 @@ export async function writeAtomic(dest: string, data: string | Buffer): Promise<
   await rename(tmp, dest);
 }
 
+/**
+ * What fetch() is given for a mirror URL. WHATWG fetch (Node's included) refuses a URL with credentials
+ * ("http://user:password@host/debian"), which apt, debootstrap and DIB accept for a private mirror: they move into
+ * an `Authorization: Basic` header (RFC 7617), percent-escapes decoded as apt decodes them. On a redirect to
+ * another origin fetch drops that header, so the credentials go only to the host they were written for.
+ */
+export function mirrorRequest(url: string): { url: string; headers: Record<string, string> } {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return { url, headers: {} };
+  }
+  if (!u.username && !u.password) return { url, headers: {} };
+  const userPass = `${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`;
+  u.username = "";
+  u.password = "";
+  return { url: u.href, headers: { authorization: `Basic ${Buffer.from(userPass, "utf8").toString("base64")}` } };
+}
+
 async function httpGet(url: string, mirror: string, signal: AbortSignal | undefined): Promise<Response> {
   let res: Response;
+  const request = mirrorRequest(url);
   try {
-    res = await fetch(url, { signal: signal ?? null });
+    res = await fetch(request.url, { headers: request.headers, signal: signal ?? null });
   } catch (err) {
     if (signal?.aborted) throw signal.reason ?? err;
     throw new VmdibError(`cannot reach the Debian mirror ${redactUrl(mirror)}`, {
@@ -80,7 +148,20 @@ async function httpGet(url: string, mirror: string, signal: AbortSignal | undefi
       ],
     });
   }
+  if (res.status === 401 || res.status === 403) {
+    await res.body?.cancel();
+    const given = request.headers.authorization !== undefined;
+    throw new VmdibError(
+      `the Debian mirror ${redactUrl(mirror)} answered ${res.status} ${res.statusText} for ${redactUrl(url)}`,
+      {
+        hint: given
+          ? "the mirror refused the credentials in its URL: check the user name and password in DIB_DISTRIBUTION_MIRROR (or the host's apt sources)"
+          : "the mirror wants credentials: put them in the URL, http://USER:PASSWORD@host/path (percent-encode @ : / in them)",
+      },
+    );
+  }
   if (!res.ok) {
+    await res.body?.cancel();
     throw new VmdibError(
       `the Debian mirror ${redactUrl(mirror)} answered ${res.status} ${res.statusText} for ${redactUrl(url)}`,
       {
@@ -96,7 +177,7 @@ export async function downloadVerified(
   url: string,
   dest: string,
   want: { sha256: string; size?: number },
-  o: Pick<ArchiveOptions, "mirror" | "signal">,
+  o: Pick<ArchiveOptions, "mirror" | "signal"> & { onData?: (bytes: number) => void },
 ): Promise<void> {
   const res = await httpGet(url, o.mirror, o.signal);
   await mkdir(dirname(dest), { recursive: true });
@@ -108,6 +189,7 @@ export async function downloadVerified(
     body.on("data", (d: Buffer) => {
       hash.update(d);
       bytes += d.length;
+      o.onData?.(d.length);
     });
     await pipeline(body, createWriteStream(tmp), { signal: o.signal });
     const got = hash.digest("hex");
@@ -233,7 +315,9 @@ export async function loadPackages(o: ArchiveOptions, release: Release, componen
         },
       );
     }
-    await downloadVerified(`${o.mirror}/dists/${o.suite}/${found.rel}`, cached, want, o);
+    const meter = downloadMeter("package index", { bytes: want.size, files: 1 }, o.onEvent);
+    await downloadVerified(`${o.mirror}/dists/${o.suite}/${found.rel}`, cached, want, { ...o, onData: meter.data });
+    meter.fileDone();
   }
   const compressed = await readFile(cached);
   const text =
@@ -276,13 +360,21 @@ export async function fetchDebs(pkgs: DebPackage[], o: ArchiveOptions): Promise<
       context: todo.slice(0, 10).map((d) => `${d.pkg.name} ${d.pkg.version}`),
     });
   }
+  if (!todo.length) return out;
+  const meter = downloadMeter("packages", { bytes, files: todo.length }, o.onEvent);
   let next = 0;
   const worker = async () => {
     while (next < todo.length) {
       const d = todo[next++] as FetchedDeb;
       const t0 = Date.now();
       o.onEvent?.({ type: "download-start", name: d.pkg.name, bytes: d.pkg.size });
-      await downloadVerified(`${o.mirror}/${d.pkg.filename}`, d.path, { sha256: d.pkg.sha256, size: d.pkg.size }, o);
+      await downloadVerified(
+        `${o.mirror}/${d.pkg.filename}`,
+        d.path,
+        { sha256: d.pkg.sha256, size: d.pkg.size },
+        { ...o, onData: meter.data },
+      );
+      meter.fileDone();
       o.onEvent?.({ type: "download-done", name: d.pkg.name, bytes: d.pkg.size, ms: Date.now() - t0 });
     }
   };
