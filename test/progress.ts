@@ -2,7 +2,15 @@
 import { Writable } from "node:stream";
 import t from "tap";
 import type { BuildEvent } from "../src/execute.js";
-import { createView, estimateRemaining, statusLine, timingsKey } from "../src/progress.js";
+import {
+  createDownloadMeter,
+  createView,
+  type DownloadEvent,
+  downloadLine,
+  estimateRemaining,
+  statusLine,
+  timingsKey,
+} from "../src/progress.js";
 
 const ESC = "\u001b";
 
@@ -38,7 +46,7 @@ t.test("status line: elapsed, step, script, progress bar with rate, estimate; cu
   );
   t.equal(
     line,
-    "[1:15]  convert qcow2 (host)  [##########..........] 50% 512 MiB/1024 MiB, 100 MiB/s  about 1:01:01 left",
+    "[1:15]  convert qcow2 (host)  [##########..........] 50% 512 of 1024 MiB, 100 MiB/s, ETA 0:05  about 1:01:01 left",
   );
   t.equal(statusLine({ step: "install", where: "chroot", script: "50-x", elapsedS: 3 }, 20).length, 19);
 });
@@ -114,3 +122,123 @@ t.test(
     t.match(events[5], { type: "progress", done: 512 * 1024 ** 2, total: 1024 ** 3 });
   },
 );
+
+const MiB = 1024 ** 2;
+/** 40 appliance packages, 40 MiB, arriving at 2 MiB/s: an event every 250 ms, as src/vm/appliance/archive.ts reports. */
+function downloadEvents(): { at: number; e: DownloadEvent }[] {
+  const out: { at: number; e: DownloadEvent }[] = [];
+  const total = 40 * MiB;
+  for (let ms = 0; ms <= 20_000; ms += 250) {
+    const done = Math.min(total, (ms / 1000) * 2 * MiB);
+    const filesDone = Math.floor(done / MiB);
+    out.push({ at: ms, e: { type: "download", what: "appliance packages", done, total, files: 40, filesDone } });
+  }
+  return out;
+}
+
+t.test(
+  "downloadLine: x of y MiB, rate, ETA and files while running; count, size, time and rate at the end",
+  async (t) => {
+    const d = { what: "appliance packages", total: 40 * MiB, files: 40 };
+    t.equal(
+      downloadLine({ ...d, done: 10 * MiB, filesDone: 9 }, 5),
+      "downloading appliance packages: 25% 10.0 of 40.0 MiB, 2.0 MiB/s, ETA 0:15 (9/40 files)",
+    );
+    t.equal(
+      downloadLine({ ...d, done: 40 * MiB, filesDone: 40 }, 20),
+      "downloaded appliance packages: 40 files, 40.0 MiB in 20.0 s (2.0 MiB/s)",
+    );
+    t.equal(
+      downloadLine({ what: "package index", done: 0, total: 9 * MiB, files: 1, filesDone: 0 }, 0),
+      "downloading package index: 0% 0.0 of 9.0 MiB",
+    );
+  },
+);
+
+t.test("a download on a terminal: a progress bar with bytes, rate, ETA and files before any step", async (t) => {
+  const out = new Sink();
+  let clock = 0;
+  const view = createView(out, { json: false, quiet: false, tty: true, columns: 200, now: () => clock });
+  for (const { at, e } of downloadEvents()) {
+    clock = at;
+    view.onEvent(e);
+    if (at === 5000) {
+      t.ok(
+        out.text.endsWith(
+          `\r${ESC}[K[0:05]  downloading appliance packages (host)  [#####...............] 25% 10.0 of 40.0 MiB, 2.0 MiB/s, ETA 0:15 10/40 files`,
+        ),
+        out.text.slice(-160),
+      );
+    }
+  }
+  t.notMatch(out.text, /\| downloading /, "no plain progress lines on a terminal");
+  t.match(out.text, /\| downloaded appliance packages: 40 files, 40\.0 MiB in 20\.0 s \(2\.0 MiB\/s\)\n/);
+  view.close();
+});
+
+t.test(
+  "a download on a pipe: a plain line every 10 s and one at the end, no escape codes; --json: one a second",
+  async (t) => {
+    const out = new Sink();
+    let clock = 0;
+    const view = createView(out, { json: false, quiet: false, tty: false, now: () => clock });
+    for (const { at, e } of downloadEvents()) {
+      clock = at;
+      view.onEvent(e);
+    }
+    view.close();
+    t.notOk(out.text.includes(ESC));
+    const lines = out.text.trim().split("\n");
+    t.equal(lines.length, 2, lines.join("\n"));
+    t.match(
+      lines[0],
+      /\| downloading appliance packages: 50% 20\.0 of 40\.0 MiB, 2\.0 MiB\/s, ETA 0:10 \(20\/40 files\)$/,
+    );
+    t.match(lines[1], /\| downloaded appliance packages: 40 files/);
+
+    const json = new Sink();
+    clock = 0;
+    const j = createView(json, { json: true, quiet: false, tty: false, now: () => clock });
+    for (const { at, e } of downloadEvents()) {
+      clock = at;
+      j.onEvent(e);
+    }
+    const events = json.text
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as DownloadEvent);
+    t.equal(events.length, 21, "the first, one a second, the last");
+    t.match(events.at(-1), { type: "download", done: 40 * MiB, filesDone: 40 });
+
+    const quiet = new Sink();
+    const q = createView(quiet, { json: false, quiet: true, tty: false });
+    for (const { e } of downloadEvents()) q.onEvent(e);
+    t.equal(quiet.text, "", "-q: no download lines");
+  },
+);
+
+t.test("createDownloadMeter: a bar on a terminal with other lines above it; plain lines on a pipe", async (t) => {
+  const tty = Object.assign(new Sink(), { isTTY: true, columns: 200 });
+  let clock = 0;
+  const meter = createDownloadMeter(tty, "vmdib: ", () => clock);
+  for (const { at, e } of downloadEvents()) {
+    clock = at;
+    meter.progress(e);
+    if (at === 5000) meter.line("vmdib:   fetched linux-image (60.0 MB)");
+  }
+  t.match(
+    tty.text,
+    /\r\u001b\[Kvmdib: {3}fetched linux-image \(60\.0 MB\)\n\r\u001b\[K\[0:05\] {2}downloading appliance/,
+  );
+  t.ok(tty.text.endsWith("\r\u001b[Kvmdib: downloaded appliance packages: 40 files, 40.0 MiB in 20.0 s (2.0 MiB/s)\n"));
+
+  const pipe = new Sink();
+  clock = 0;
+  const plain = createDownloadMeter(pipe, "vmdib: ", () => clock);
+  for (const { at, e } of downloadEvents()) {
+    clock = at;
+    plain.progress(e);
+  }
+  t.notOk(pipe.text.includes(ESC));
+  t.equal(pipe.text.trim().split("\n").length, 2);
+});

@@ -2,6 +2,8 @@
 // its exit code, shut down. Also owns the option parsing and boot sequence `vmdib shell` shares.
 import { resolve } from "node:path";
 import { UsageError } from "../errors.js";
+import { createDownloadMeter } from "../progress.js";
+import type { DownloadProgress } from "../vm/appliance/archive.js";
 import { ensureAppliance } from "../vm/appliance/index.js";
 import { bootKernel, type DiskRequest, type Machine, type ShareRequest, startAppliance } from "../vm/machine.js";
 import { chooseAccel, findQemu } from "../vm/probe.js";
@@ -30,6 +32,8 @@ export interface VmOptions extends VmFlags {
   offline: boolean;
   /** Where progress lines go instead of stderr (a build's view). */
   log?: (line: string) => void;
+  /** Download progress of the appliance's packages (a build's view draws it); else -v shows it on stderr. */
+  onDownload?: (p: DownloadProgress) => void;
   /** false: boot cold even when a saved appliance snapshot could be restored (`--no-cache`). */
   snapshot?: boolean;
 }
@@ -64,10 +68,11 @@ export function parseVmArgs(args: readonly string[], cwd: string): { options: Vm
 
 /** Appliance → QEMU → accelerator → booted machine, reporting progress on stderr when verbose. */
 export async function bootFromCli(ctx: CommandContext, options: VmOptions): Promise<Machine> {
+  const meter = createDownloadMeter(ctx.stderr, "vmdib: ");
   const say =
     options.log ??
     ((line: string) => {
-      if (options.verbose) ctx.stderr.write(`vmdib: ${line}\n`);
+      if (options.verbose) meter.line(`vmdib: ${line}`);
     });
   const qemu = await findQemu(ctx.env);
   const appliance = await ensureAppliance({
@@ -75,6 +80,11 @@ export async function bootFromCli(ctx: CommandContext, options: VmOptions): Prom
     offline: options.offline,
     signal: ctx.signal,
     onEvent: (e) => {
+      if (e.type === "download-progress") {
+        if (options.onDownload) options.onDownload(e);
+        else if (options.verbose && !options.log) meter.progress({ ...e, what: `appliance ${e.what}` });
+        return;
+      }
       const line = formatEvent(e);
       if (line) say(line);
     },
