@@ -226,9 +226,9 @@ t.test("createDownloadMeter: a bar on a terminal with other lines above it; plai
     meter.progress(e);
     if (at === 5000) meter.line("vmdib:   fetched linux-image (60.0 MB)");
   }
-  t.match(
-    tty.text,
-    /\r\u001b\[Kvmdib: {3}fetched linux-image \(60\.0 MB\)\n\r\u001b\[K\[0:05\] {2}downloading appliance/,
+  t.ok(
+    tty.text.includes(`\r${ESC}[Kvmdib:   fetched linux-image (60.0 MB)\n\r${ESC}[K[0:05]  downloading appliance`),
+    "the line above, the bar redrawn under it",
   );
   t.ok(tty.text.endsWith("\r\u001b[Kvmdib: downloaded appliance packages: 40 files, 40.0 MiB in 20.0 s (2.0 MiB/s)\n"));
 
