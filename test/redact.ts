@@ -1,6 +1,6 @@
 // Tests src/redact.ts: URL credentials and private keys are removed from single texts and from line streams.
 import t from "tap";
-import { lineRedactor, redactSecrets } from "../src/redact.js";
+import { lineRedactor, redactLog, redactSecrets } from "../src/redact.js";
 
 const KEY = [
   "-----BEGIN OPENSSH PRIVATE KEY-----",
@@ -38,4 +38,52 @@ t.test("serialized JSON stays valid JSON: a key's redaction stops at the end of 
   t.same(JSON.parse(plan), { env: { K: `${KEY[0]} *** ${KEY[3]}`, P: "http://***@h/" }, after: 1 });
   const pem = ["-----BEGIN RSA PRIVATE KEY-----", "Proc-Type: 4,ENCRYPTED", "DEK-Info: AES-128-CBC,00FF", "", "QUJD"];
   t.notMatch(redactSecrets(pem.join("\n")), /ENCRYPTED|QUJD/, "PEM headers are part of the body");
+});
+
+t.test("key body lines whose BEGIN line is not in the text are dropped (an error's last lines)", async (t) => {
+  const context = [
+    "step 'finalise' failed",
+    ...KEY.slice(1, 3).map((l) => `  | ${l}`),
+    "  | cat: No space left on device",
+  ];
+  const out = redactSecrets(context.join("\n"));
+  t.notMatch(out, /b3BlbnNz|fakeFAKE/);
+  t.equal(out, ["step 'finalise' failed", "  | ***", "  | ***", "  | cat: No space left on device"].join("\n"));
+  const r = lineRedactor();
+  t.same(KEY.slice(1).map(r), ["***", "***", KEY[3]], "line by line too");
+  t.same(["b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAA", "AAECAw==", "done"].map(lineRedactor()), [
+    "***",
+    "***",
+    "done",
+  ]);
+});
+
+t.test("what is not a key body stays: hex digests, paths, words, JSON", async (t) => {
+  const keep = [
+    "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+    "dib-run-parts Running /tmp/in_target.d/finalise.d/50-tiny-fill-image",
+    "done",
+    '{"type":"output","line":"b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAA","next":1}',
+  ];
+  for (const l of keep.slice(0, 4)) t.equal(redactSecrets(l), l);
+  t.same(JSON.parse(redactSecrets(keep[4] ?? "")).next, 1, "JSON stays JSON");
+});
+
+t.test("redactLog: a key traced by a shell (set -x) inside a console log is dropped whole", async (t) => {
+  const log = [
+    "vmdib-init: starting",
+    "+ 1.5 printf '%s\\n' '-----BEGIN OPENSSH PRIVATE KEY-----'",
+    "+ 1.5 IFS=",
+    `+ 1.5 printf '%s\\n' '${KEY[1]}'`,
+    `+ 1.6 value='${KEY[2]}'`,
+    "+ 1.6 printf '%s\\n' '-----END OPENSSH PRIVATE KEY-----'",
+    "vmdib-init: ready",
+  ].join("\n");
+  const out = redactLog(log);
+  t.notMatch(out, /b3BlbnNz|fakeFAKE/);
+  t.match(
+    out,
+    /^vmdib-init: starting\n.*BEGIN OPENSSH PRIVATE KEY.*\n\*\*\*\n\*\*\*\n\*\*\*\n.*END OPENSSH.*\nvmdib-init: ready$/,
+  );
 });

@@ -3,7 +3,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { constants as fsc } from "node:fs";
-import { access, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { access, chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, extname, join, resolve } from "node:path";
 import getPort from "get-port";
@@ -12,6 +12,7 @@ import { CleanupStack } from "../cleanup.js";
 import { UsageError, VmdibError } from "../errors.js";
 import { pidAlive } from "../lock.js";
 import { cacheDir } from "../paths.js";
+import { redactLog } from "../redact.js";
 import { type AccelVerdict, chooseAccel, findQemu, hostCpus, type QemuInfo } from "./probe.js";
 import { type Accel, type HostFacts, machineArgv, qemuOptValue } from "./qemu.js";
 import { describeExit, type QemuExit, tailFile } from "./ready.js";
@@ -609,7 +610,9 @@ async function preserveSerialLog(serialLog: string, env: NodeJS.ProcessEnv): Pro
     const dir = join(cacheDir(env), "logs");
     await mkdir(dir, { recursive: true });
     const dest = join(dir, "last-image-serial.log");
-    await copyFile(serialLog, dest);
+    // Redacted, owner-only: an image's console can print what was baked into it (a key, a proxy URL with a password).
+    await writeFile(dest, redactLog(await readFile(serialLog, "utf8")), { mode: 0o600 });
+    await chmod(dest, 0o600);
     return dest;
   } catch {
     return undefined;

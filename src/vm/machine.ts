@@ -3,7 +3,7 @@
 import { type ChildProcessByStdio, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { constants as fsc } from "node:fs";
-import { access, copyFile, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { access, chmod, mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { constants as osc, tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
 import type { Readable, Writable } from "node:stream";
@@ -13,6 +13,7 @@ import { CleanupStack } from "../cleanup.js";
 import { VmdibError } from "../errors.js";
 import { pidAlive } from "../lock.js";
 import { cacheDir } from "../paths.js";
+import { redactLog } from "../redact.js";
 import { shellJoin } from "../shell.js";
 import type { AccelVerdict, QemuInfo } from "./probe.js";
 import { hostCpus } from "./probe.js";
@@ -652,7 +653,10 @@ async function preserveSerialLog(serialLog: string, env: NodeJS.ProcessEnv, err:
     const dir = join(cacheDir(env), "logs");
     await mkdir(dir, { recursive: true });
     const dest = join(dir, "last-serial.log");
-    await copyFile(serialLog, dest);
+    // Not a copy: the console may show a secret (an element echoing a key to /dev/console, or with debug on, the
+    // guest's shell trace of its injected host key), and the kept log outlives the run; only the owner reads it.
+    await writeFile(dest, redactLog(await readFile(serialLog, "utf8")), { mode: 0o600 });
+    await chmod(dest, 0o600);
     if (err instanceof VmdibError && !err.context.some((l) => l.includes(dest))) {
       err.context.push(`(full serial console: ${dest})`);
     }

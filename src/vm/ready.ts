@@ -4,6 +4,7 @@
 import { open } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { VmdibError } from "../errors.js";
+import { redactLog } from "../redact.js";
 import { READY_MARKER } from "./qemu.js";
 
 /** The last `lines` lines of a (possibly large or missing) log file, without control characters. */
@@ -21,8 +22,10 @@ export async function tailFile(path: string, lines = 25, maxBytes = 64 * 1024): 
       .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")
       // biome-ignore lint/suspicious/noControlCharactersInRegex: see above
       .replace(/[\x00-\x08\x0b-\x1f\x7f]/g, "");
+    // Redacted line by line across the whole window, so a key's body is dropped even when the tail starts after
+    // its BEGIN line.
     return condenseConsole(
-      text
+      redactLog(text)
         .split("\n")
         .map((l) => l.trimEnd())
         .filter((l) => l.length > 0),

@@ -1,11 +1,12 @@
-// Faults caused for real in a build: the build tree fills up. The error says which space ran out, how much was used,
-// and the option that gives more; the image already at -o is untouched.
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+// Faults caused for real in a build: the build tree fills up; the image's filesystem fills up (while an element shows
+// secrets on the console and in its output). The error says which space ran out, how much was used, and the option
+// that gives more; the image already at -o is untouched; no secret reaches the output, --logfile or the kept console.
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
 import t from "tap";
-import { PACKAGE_ROOT } from "../../src/paths.js";
+import { cacheDir, PACKAGE_ROOT } from "../../src/paths.js";
 
 const VMDIB = join(PACKAGE_ROOT, "bin", "vmdib");
 const ELEMENTS = join(PACKAGE_ROOT, "test", "fixtures", "e2e-elements");
@@ -30,3 +31,84 @@ t.test("the build tree fills up: 'build space exhausted', the size used, and --m
   t.notMatch(run.stderr, /\n\s+at /, "no stack trace");
   t.equal(await readFile(join(dir, "out", "full.raw"), "utf8"), "the older image\n", "the older image is untouched");
 });
+
+/** The fake key tiny-fill-image prints: its body lines, none of which may show up anywhere. */
+async function fixtureKeyBody(): Promise<string[]> {
+  const script = await readFile(join(ELEMENTS, "tiny-fill-image", "finalise.d", "60-tiny-fill-image"), "utf8");
+  const block = /-----BEGIN OPENSSH PRIVATE KEY-----\n([\s\S]*?)\n-----END/.exec(script)?.[1] ?? "";
+  return block.split("\n").filter((l) => l.length > 0);
+}
+
+t.test(
+  "the image fills up in finalise.d: 'image space exhausted', the size used, --image-size; no secret kept anywhere",
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), "vmdib-e2e-faults-"));
+    t.teardown(() => rm(dir, { recursive: true, force: true }));
+    await mkdir(join(dir, "out"));
+    await writeFile(join(dir, "out", "img.raw"), "the older image\n");
+    const body = await fixtureKeyBody();
+    t.ok(body.length >= 25, "the fixture prints a key of many lines");
+    const kept = join(cacheDir(process.env), "logs", "last-serial.log");
+    await rm(kept, { force: true });
+    const run = await execa(
+      VMDIB,
+      [
+        // A small image (and a journal that fits in it: DIB's 64 MiB does not) fills quickly.
+        ...["build", "-n", "--image-size", "100M", "--mkfs-journal-size", "4", "--logfile", "build.log"],
+        ...["-o", "out/img", "-t", "raw"],
+        ...["tiny-os", "tiny-fill-image"],
+      ],
+      {
+        cwd: dir,
+        env: {
+          ELEMENTS_PATH: ELEMENTS,
+          DIB_TINY_PROXY: "http://alice:s3cret-pw@proxy.invalid:3128/",
+          // Debug keeps the helper VM's whole serial console (cacheDir/logs/last-serial.log), with the guest's shell
+          // trace in it, which shows the host key it is given.
+          VMDIB_DEBUG: "1",
+        },
+        reject: false,
+      },
+    );
+    t.equal(run.exitCode, 1, "exit 1");
+    t.match(
+      run.stderr,
+      /image space exhausted: the image's root filesystem is full \(\d+ MiB used of \d+ MiB\)/,
+      "says which space ran out and how much was used",
+    );
+    t.match(run.stderr, /hint: .*--image-size/, "names the option that gives more");
+    t.notMatch(run.stderr, /\n\s+at /, "no stack trace");
+    t.equal(await readFile(join(dir, "out", "img.raw"), "utf8"), "the older image\n", "the older image is untouched");
+
+    const log = await readFile(join(dir, "build.log"), "utf8");
+    const serial = await readFile(kept, "utf8");
+    t.match(log, /tiny-fill-image proxy: http:\/\/\*\*\*@proxy\.invalid:3128\//, "the script's output is logged");
+    t.match(serial, /tiny-fill-image proxy: http:\/\/\*\*\*@proxy\.invalid:3128\//, "and its console line kept");
+    t.match(serial, /BEGIN OPENSSH PRIVATE KEY/, "the console had keys on it (the element's, the traced host key)");
+    t.equal((await stat(kept)).mode & 0o777, 0o600, "the kept console is the user's alone");
+    for (const [name, text] of [
+      ["stdout", run.stdout],
+      ["stderr (the error with its last output lines)", run.stderr],
+      ["--logfile", log],
+      ["the kept serial console", serial],
+    ] as const) {
+      t.notOk(text.includes("s3cret-pw"), `no proxy password in ${name}`);
+      const leaked = body.filter((l) => text.includes(l));
+      t.same(leaked, [], `no line of the key's body in ${name}`);
+    }
+    // Between a key's BEGIN and END lines the kept console holds nothing but "***" (the traced host key included).
+    const inside: string[] = [];
+    let inKey = false;
+    for (const l of serial.split("\n")) {
+      if (/END [A-Z ]*PRIVATE KEY/.test(l)) inKey = false;
+      else if (inKey) inside.push(l);
+      else if (/BEGIN [A-Z ]*PRIVATE KEY/.test(l)) inKey = true;
+    }
+    t.ok(inside.length > 0, "keys were on the console");
+    t.same(
+      inside.filter((l) => l !== "***"),
+      [],
+      "nothing of any key's body in the kept console",
+    );
+  },
+);
