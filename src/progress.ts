@@ -37,9 +37,10 @@ export interface Timings {
 
 export interface Status {
   readonly step: string;
-  readonly where: string;
+  /** Where the step runs (appliance, chroot, host); downloads leave it out. */
+  readonly where?: string;
   readonly script?: string;
-  /** Shown after the progress bar ("12/40 files"). */
+  /** Shown after the progress bar's sizes ("12/40 files"). */
   readonly detail?: string;
   readonly elapsedS: number;
   readonly remainingS?: number;
@@ -60,10 +61,16 @@ const ofMib = (done: number, total: number) => {
   return `${(done / 1024 ** 2).toFixed(digits)} of ${(total / 1024 ** 2).toFixed(digits)} MiB`;
 };
 
-/** "45% 12.3 of 45.6 MiB, 3.2 MiB/s, ETA 0:10" (pure): the numbers of a progress bar, or of a plain progress line. */
-export function progressText(p: { readonly done: number; readonly total: number; readonly rate?: number }): string {
+/**
+ * "45% 12.3 of 45.6 MiB (12/40 files), 3.2 MiB/s, ETA 0:10" (pure): the numbers of a progress bar, or of a plain
+ * progress line; `detail` goes in the parentheses.
+ */
+export function progressText(
+  p: { readonly done: number; readonly total: number; readonly rate?: number },
+  detail?: string,
+): string {
   const f = p.total > 0 ? Math.min(1, p.done / p.total) : 1;
-  let text = `${(f * 100).toFixed(0)}% ${ofMib(p.done, p.total)}`;
+  let text = `${(f * 100).toFixed(0)}% ${ofMib(p.done, p.total)}${detail ? ` (${detail})` : ""}`;
   if (p.rate && p.rate > 0) {
     text += `, ${mib(p.rate)}/s`;
     if (p.done < p.total) text += `, ETA ${clock((p.total - p.done) / p.rate)}`;
@@ -78,19 +85,19 @@ export function downloadLine(d: Omit<DownloadEvent, "type">, seconds: number): s
     const files = d.files === 1 ? "1 file" : `${d.files} files`;
     return `downloaded ${d.what}: ${files}, ${mib(d.total)} in ${seconds.toFixed(1)} s${rate ? ` (${mib(rate)}/s)` : ""}`;
   }
-  const files = d.files > 1 ? ` (${d.filesDone}/${d.files} files)` : "";
-  return `downloading ${d.what}: ${progressText({ done: d.done, total: d.total, ...(rate ? { rate } : {}) })}${files}`;
+  const files = d.files > 1 ? `${d.filesDone}/${d.files} files` : undefined;
+  return `downloading ${d.what}: ${progressText({ done: d.done, total: d.total, ...(rate ? { rate } : {}) }, files)}`;
 }
 
 /** The status line (pure), cut to the terminal's width. */
 export function statusLine(s: Status, columns = 80): string {
-  const parts = [`[${clock(s.elapsedS)}]`, `${s.step} (${s.where})`];
+  const parts = [`[${clock(s.elapsedS)}]`, s.where ? `${s.step} (${s.where})` : s.step];
   if (s.script) parts.push(s.script);
   if (s.progress && s.progress.total > 0) {
     const f = Math.min(1, s.progress.done / s.progress.total);
     const width = 20;
     const bar = `${"#".repeat(Math.round(f * width)).padEnd(width, ".")}`;
-    parts.push(`[${bar}] ${progressText(s.progress)}${s.detail ? ` ${s.detail}` : ""}`);
+    parts.push(`[${bar}] ${progressText(s.progress, s.detail)}`);
   }
   if (s.remainingS !== undefined) parts.push(`about ${clock(s.remainingS)} left`);
   const line = parts.join("  ");
@@ -188,7 +195,6 @@ export function createView(rawOut: Writable, o: ViewOptions) {
       const d = download.event;
       return {
         step: `downloading ${d.what}`,
-        where: "host",
         elapsedS: (t - started) / 1000,
         progress: { done: d.done, total: d.total, ...rateSince(d.done, download.since, t) },
         ...(d.files > 1 ? { detail: `${d.filesDone}/${d.files} files` } : {}),
@@ -329,7 +335,6 @@ export function createDownloadMeter(
       batch.last = statusLine(
         {
           step: `downloading ${p.what}`,
-          where: "host",
           elapsedS: seconds,
           progress: { done: p.done, total: p.total, ...rate },
           ...(p.files > 1 ? { detail: `${p.filesDone}/${p.files} files` } : {}),

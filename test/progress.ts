@@ -142,7 +142,7 @@ t.test(
     const d = { what: "appliance packages", total: 40 * MiB, files: 40 };
     t.equal(
       downloadLine({ ...d, done: 10 * MiB, filesDone: 9 }, 5),
-      "downloading appliance packages: 25% 10.0 of 40.0 MiB, 2.0 MiB/s, ETA 0:15 (9/40 files)",
+      "downloading appliance packages: 25% 10.0 of 40.0 MiB (9/40 files), 2.0 MiB/s, ETA 0:15",
     );
     t.equal(
       downloadLine({ ...d, done: 40 * MiB, filesDone: 40 }, 20),
@@ -165,7 +165,7 @@ t.test("a download on a terminal: a progress bar with bytes, rate, ETA and files
     if (at === 5000) {
       t.ok(
         out.text.endsWith(
-          `\r${ESC}[K[0:05]  downloading appliance packages (host)  [#####...............] 25% 10.0 of 40.0 MiB, 2.0 MiB/s, ETA 0:15 10/40 files`,
+          `\r${ESC}[K[0:05]  downloading appliance packages  [#####...............] 25% 10.0 of 40.0 MiB (10/40 files), 2.0 MiB/s, ETA 0:15`,
         ),
         out.text.slice(-160),
       );
@@ -192,7 +192,7 @@ t.test(
     t.equal(lines.length, 2, lines.join("\n"));
     t.match(
       lines[0],
-      /\| downloading appliance packages: 50% 20\.0 of 40\.0 MiB, 2\.0 MiB\/s, ETA 0:10 \(20\/40 files\)$/,
+      /\| downloading appliance packages: 50% 20\.0 of 40\.0 MiB \(20\/40 files\), 2\.0 MiB\/s, ETA 0:10$/,
     );
     t.match(lines[1], /\| downloaded appliance packages: 40 files/);
 

@@ -1,6 +1,7 @@
 // `vmdib appliance build|info`: assemble (or reuse) the cached helper-VM appliance, and show what is cached.
 import { parseArgs } from "node:util";
 import { UsageError } from "../errors.js";
+import { createDownloadMeter } from "../progress.js";
 import { type ApplianceEvent, ensureAppliance, listAppliances } from "../vm/appliance/index.js";
 import type { Command, CommandContext } from "./context.js";
 
@@ -49,6 +50,8 @@ async function build(ctx: CommandContext, args: string[]): Promise<number> {
     strict: true,
   });
   const t0 = Date.now();
+  // Downloads: a bar on a terminal, a line every few seconds otherwise.
+  const meter = createDownloadMeter(ctx.stderr);
   const a = await ensureAppliance({
     env: ctx.env,
     offline: values.offline ?? false,
@@ -56,8 +59,9 @@ async function build(ctx: CommandContext, args: string[]): Promise<number> {
     refresh: true,
     signal: ctx.signal,
     onEvent: (e) => {
+      if (e.type === "download-progress") return meter.progress(e);
       const line = formatEvent(e);
-      if (line) ctx.stderr.write(`${line}\n`);
+      if (line) meter.line(line);
     },
     ...(values.init ? { initPath: values.init } : {}),
   });
