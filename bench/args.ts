@@ -4,7 +4,8 @@ import { UsageError } from "../src/errors.js";
 export interface BenchOptions {
   /** Group or workload names; undefined: everything. */
   readonly only: readonly string[] | undefined;
-  readonly rounds: number;
+  /** Rounds of every workload; undefined: each group's own default (DEFAULT_ROUNDS, 1 for the image builds). */
+  readonly rounds: number | undefined;
   /** Output file; undefined: BENCHMARKS.md at the repository root. */
   readonly out: string | undefined;
   /** Cold runs download the .debs too (default: they are seeded from the user's cache, see the report). */
@@ -19,7 +20,7 @@ export const BENCH_HELP = `usage: node dist/bench/run.js [--only NAME[,NAME...]]
 
 Runs the benchmark workloads interleaved and writes BENCHMARKS.md (a partial run replaces only its sections).
   --only NAME     a group (e.g. ready) or a single workload (e.g. vmdib-warm); env BENCH
-  --rounds N      rounds of every workload (default ${DEFAULT_ROUNDS}); env ROUNDS
+  --rounds N      rounds of every workload (default ${DEFAULT_ROUNDS}; 1 for the image builds w1, w2); env ROUNDS
   --out FILE      write here instead of BENCHMARKS.md at the repository root
   --cold-network  cold runs download their .debs from the mirror instead of a seeded copy; env BENCH_COLD_NETWORK=1
 `;
@@ -43,7 +44,7 @@ function positive(flag: string, v: string | undefined): number {
 /** argv wins over the environment; empty environment values count as unset (make passes BENCH= through). */
 export function parseBenchArgs(argv: readonly string[], env: NodeJS.ProcessEnv): BenchOptions {
   let only = splitNames(env.BENCH);
-  let rounds = env.ROUNDS ? positive("ROUNDS", env.ROUNDS) : DEFAULT_ROUNDS;
+  let rounds: number | undefined = env.ROUNDS ? positive("ROUNDS", env.ROUNDS) : undefined;
   let out: string | undefined;
   let coldNetwork = env.BENCH_COLD_NETWORK === "1";
   let help = false;

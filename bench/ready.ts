@@ -1,27 +1,20 @@
 // The `ready` group: the helper VM from nothing to a command answered — vmdib with a cold cache (assemble + boot) and
 // a warm one (boot), side by side with libguestfs's appliance (`libguestfs-test-tool`) booting the same kernel.
 import { spawn } from "node:child_process";
-import { constants as fsc } from "node:fs";
-import { access, link, mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
+import { link, mkdir, mkdtemp, readdir, rm, stat } from "node:fs/promises";
 import { tmpdir, userInfo } from "node:os";
-import { delimiter, join } from "node:path";
-import { createInterface } from "node:readline";
+import { join } from "node:path";
 import { cacheDir } from "../src/paths.js";
 import { type Appliance, type ApplianceEvent, ensureAppliance } from "../src/vm/appliance/index.js";
 import { bootKernel, startAppliance } from "../src/vm/machine.js";
 import { type AccelVerdict, chooseAccel, findQemu, type QemuInfo } from "../src/vm/probe.js";
+import { mustRun, runTimed, type TimedLine, which } from "./proc.js";
 import { formatBytes } from "./stats.js";
 import { type FactTable, type Group, NotMeasured, type RunResult, type Workload } from "./workload.js";
 
 export const LIBGUESTFS_INSTALL_HINT =
   "install it on the host to measure it: `sudo apt-get install libguestfs-tools` (Debian/Ubuntu). CI does not run " +
   "the bench, so it is deliberately not in .ci/run's package list";
-
-/** One line of a tool's output and when it arrived (ms after the tool was spawned). */
-export interface TimedLine {
-  readonly t: number;
-  readonly text: string;
-}
 
 export interface LibguestfsTimeline {
   /** Spawn → "Guest launched OK." (guestfs_launch returned: supermin check, QEMU probe, boot, daemon up). */
@@ -53,59 +46,8 @@ export function debFileName(name: string, version: string, arch: string): string
   return `${name}_${version.replace(/^\d+:/, "")}_${arch}.deb`;
 }
 
-async function which(cmd: string, env: NodeJS.ProcessEnv, extra: readonly string[] = []): Promise<string | undefined> {
-  for (const dir of [...(env.PATH ?? "").split(delimiter), ...extra]) {
-    if (!dir) continue;
-    try {
-      await access(join(dir, cmd), fsc.X_OK);
-      return join(dir, cmd);
-    } catch {
-      // keep looking
-    }
-  }
-  return undefined;
-}
-
-/** Run a command to completion; stdout+stderr lines timestamped from spawn. Rejects on spawn failure only. */
-function runTimed(
-  cmd: string,
-  args: readonly string[],
-  env: NodeJS.ProcessEnv,
-  timeoutMs: number,
-): Promise<{ code: number | null; lines: TimedLine[]; ms: number }> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn(cmd, args, { env, stdio: ["ignore", "pipe", "pipe"], cwd: tmpdir() });
-    const lines: TimedLine[] = [];
-    for (const s of [child.stdout, child.stderr]) {
-      createInterface({ input: s }).on("line", (text) => lines.push({ t: performance.now() - t0, text }));
-    }
-    // Our own child only, by pid: a hung run must not stall the whole bench.
-    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-    child.on("error", (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code, lines: lines.sort((a, b) => a.t - b.t), ms: performance.now() - t0 });
-    });
-  });
-}
-
-async function mustRun(cmd: string, args: readonly string[], env: NodeJS.ProcessEnv): Promise<void> {
-  const r = await runTimed(cmd, args, env, 10 * 60_000);
-  if (r.code !== 0) {
-    const tail = r.lines
-      .slice(-5)
-      .map((l) => l.text)
-      .join(" / ");
-    throw new Error(`${cmd} ${args.join(" ")} failed (${r.code}): ${tail}`);
-  }
-}
-
 /** Facts every workload of the group needs, made once. */
-interface Shared {
+export interface Shared {
   readonly qemu: QemuInfo;
   readonly accel: AccelVerdict;
   /** The user's cached appliance (built first if needed): the warm case, and the kernel libguestfs boots. */
@@ -182,6 +124,42 @@ function stepTimes(events: readonly ApplianceEvent[]): Record<string, number> {
   return out;
 }
 
+/**
+ * The vmdib appliance's kernel for supermin (libguestfs-test-tool, virt-dib): the kernel file, and its modules
+ * extracted from the cached kernel package into `dir` and depmod'ed — the host has no kernel of its own to give.
+ */
+export async function superminKernel(
+  s: Shared,
+  env: NodeJS.ProcessEnv,
+  dir: string,
+  log: (line: string) => void,
+): Promise<{ SUPERMIN_KERNEL: string; SUPERMIN_MODULES: string }> {
+  // supermin copies module directories into its ext2 root with the attributes of the host's /lib/modules.
+  const hostModules = await stat("/lib/modules").catch(() => undefined);
+  if (!hostModules?.isDirectory()) {
+    throw new NotMeasured(
+      "supermin needs a /lib/modules directory on the host (it copies its attributes), and there is none",
+      "create an empty one: `sudo mkdir /lib/modules`",
+    );
+  }
+  const sbin = ["/usr/sbin", "/sbin"];
+  const dpkgDeb = await which("dpkg-deb", env);
+  const depmod = await which("depmod", env, sbin);
+  if (!dpkgDeb || !depmod) throw new NotMeasured("dpkg-deb and depmod are needed to give supermin our kernel");
+  const m = s.appliance.manifest;
+  const deb = join(cacheDir(env), "debs", debFileName(m.kernel.package, m.kernel.version, m.arch));
+  if (!(await stat(deb).catch(() => undefined))) {
+    throw new NotMeasured(`the appliance's kernel package ${deb} is not in the cache`, "run `vmdib appliance build`");
+  }
+  log(`extracting ${m.kernel.package} for supermin into ${dir}`);
+  await mustRun(dpkgDeb, ["-x", deb, join(dir, "kernel")], env);
+  await mustRun(depmod, ["-b", join(dir, "kernel"), m.kernel.release], env);
+  return {
+    SUPERMIN_KERNEL: s.appliance.kernel,
+    SUPERMIN_MODULES: join(dir, "kernel", "lib", "modules", m.kernel.release),
+  };
+}
+
 const LIBGUESTFS_WARM = { workload: "libguestfs-warm", metric: "launch" } as const;
 const LIBGUESTFS_COLD = { workload: "libguestfs-cold", metric: "launch" } as const;
 
@@ -197,31 +175,11 @@ export function readyGroup(o: ReadyGroupOptions): Group {
     guestfs ??= (async () => {
       const tool = await which("libguestfs-test-tool", env);
       if (!tool) throw new NotMeasured("libguestfs-test-tool is not installed", LIBGUESTFS_INSTALL_HINT);
-      // supermin copies module directories into its ext2 root with the attributes of the host's /lib/modules.
-      const hostModules = await stat("/lib/modules").catch(() => undefined);
-      if (!hostModules?.isDirectory()) {
-        throw new NotMeasured(
-          "supermin needs a /lib/modules directory on the host (it copies its attributes), and there is none",
-          "create an empty one: `sudo mkdir /lib/modules`",
-        );
-      }
-      const sbin = ["/usr/sbin", "/sbin"];
-      const dpkgDeb = await which("dpkg-deb", env);
-      const depmod = await which("depmod", env, sbin);
-      if (!dpkgDeb || !depmod) throw new NotMeasured("dpkg-deb and depmod are needed to give supermin our kernel");
-      const s = await o.shared();
-      const m = s.appliance.manifest;
-      const deb = join(cacheDir(env), "debs", debFileName(m.kernel.package, m.kernel.version, m.arch));
-      if (!(await stat(deb).catch(() => undefined))) {
-        throw new NotMeasured(
-          `the appliance's kernel package ${deb} is not in the cache`,
-          "run `vmdib appliance build`",
-        );
-      }
       const dir = await mkdtemp(join(tmpdir(), "vmdib-bench-guestfs-"));
-      o.log(`extracting ${m.kernel.package} for supermin into ${dir}`);
-      await mustRun(dpkgDeb, ["-x", deb, join(dir, "kernel")], env);
-      await mustRun(depmod, ["-b", join(dir, "kernel"), m.kernel.release], env);
+      const kernelEnv = await superminKernel(await o.shared(), env, dir, o.log).catch(async (err: unknown) => {
+        await rm(dir, { recursive: true, force: true });
+        throw err;
+      });
       const warmCache = join(dir, "cache-warm");
       await mkdir(warmCache);
       lgfsWarmCache = warmCache;
@@ -234,8 +192,7 @@ export function readyGroup(o: ReadyGroupOptions): Group {
           // The direct backend (no libvirt daemon), software emulation like ours, and our kernel.
           LIBGUESTFS_BACKEND: "direct",
           LIBGUESTFS_BACKEND_SETTINGS: "force_tcg",
-          SUPERMIN_KERNEL: s.appliance.kernel,
-          SUPERMIN_MODULES: join(dir, "kernel", "lib", "modules", m.kernel.release),
+          ...kernelEnv,
         },
       };
     })();
@@ -243,7 +200,7 @@ export function readyGroup(o: ReadyGroupOptions): Group {
   };
 
   const runGuestfs = async (g: Guestfs, cache: string): Promise<RunResult> => {
-    const r = await runTimed(g.tool, [], { ...g.env, LIBGUESTFS_CACHEDIR: cache }, 15 * 60_000);
+    const r = await runTimed(g.tool, [], { env: { ...g.env, LIBGUESTFS_CACHEDIR: cache }, timeoutMs: 15 * 60_000 });
     const tl = parseLibguestfsTimeline(r.lines);
     if (r.code !== 0 || !tl.ok || tl.launchMs === undefined) {
       const tail = r.lines

@@ -5,7 +5,8 @@ import { availableParallelism, cpus, loadavg, release, totalmem, userInfo } from
 import { join } from "node:path";
 import { VmdibError } from "../src/errors.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
-import { BENCH_HELP, parseBenchArgs, selectWorkloads } from "./args.js";
+import { BENCH_HELP, DEFAULT_ROUNDS, parseBenchArgs, selectWorkloads } from "./args.js";
+import { w1Group, w2Group } from "./builds.js";
 import { readyGroup, sharedVm } from "./ready.js";
 import { goalLine, mergeReport, type RunInfo, renderSection } from "./report.js";
 import { type Group, runGroup } from "./workload.js";
@@ -35,8 +36,12 @@ async function main(): Promise<number> {
   const log = (line: string) => process.stderr.write(`bench: ${line}\n`);
   const shared = sharedVm(env, log);
 
-  // Every group, in the order of BENCHMARKS.md. Issue 5's image builds (W1/W2), native DIB and peak RSS go here.
-  const GROUPS: Group[] = [readyGroup({ env, coldNetwork: opts.coldNetwork, log, shared })];
+  // Every group, in the order of BENCHMARKS.md.
+  const GROUPS: Group[] = [
+    readyGroup({ env, coldNetwork: opts.coldNetwork, log, shared }),
+    w1Group({ env, log, shared }),
+    w2Group({ env, log, shared }),
+  ];
 
   const selection = selectWorkloads(
     GROUPS.map((g) => ({ name: g.name, workloads: g.workloads().map((w) => w.name) })),
@@ -44,12 +49,14 @@ async function main(): Promise<number> {
   );
   const date = new Date().toISOString().replace(/\.\d+Z$/, "Z");
   const loadStart = loadavg();
-  log(`load average at start: ${loadStart.map((x) => x.toFixed(2)).join(" ")}; ${opts.rounds} rounds`);
+  log(`load average at start: ${loadStart.map((x) => x.toFixed(2)).join(" ")}`);
 
   const results = [];
   for (const sel of selection) {
     const group = GROUPS.find((g) => g.name === sel.group) as Group;
-    results.push(await runGroup(group, { rounds: opts.rounds, only: new Set(sel.workloads), log }));
+    const rounds = opts.rounds ?? group.defaultRounds ?? DEFAULT_ROUNDS;
+    log(`group ${group.name}: ${rounds} round${rounds === 1 ? "" : "s"}`);
+    results.push(await runGroup(group, { rounds, only: new Set(sel.workloads), log }));
   }
 
   const vm = await shared().catch(() => undefined);
@@ -77,6 +84,7 @@ async function main(): Promise<number> {
   log(`wrote ${out}`);
   for (const r of results) {
     for (const g of r.goals) process.stdout.write(`${r.group}: ${goalLine(r, g).replace(/^- /, "")}\n`);
+    for (const v of r.verdicts ?? []) process.stdout.write(`${r.group}: Goal: ${v}\n`);
     for (const [w, why] of Object.entries(r.skipped)) process.stdout.write(`${r.group}: ${w} not measured: ${why}\n`);
   }
   return 0;

@@ -66,6 +66,8 @@ export interface GroupResult {
   /** Extra tables (sizes, …) and free lines the group adds below its timings. */
   readonly facts: readonly FactTable[];
   readonly notes: readonly string[];
+  /** Goals that are not a ratio of two rows (a memory or size limit): whole lines, "met"/"not met" included. */
+  readonly verdicts?: readonly string[];
 }
 
 export interface FactTable {
@@ -81,8 +83,16 @@ export interface Group {
   workloads(): Workload[];
   readonly rows: readonly Row[];
   readonly goals: readonly Goal[];
-  /** Facts gathered after the rounds (sizes of what was built, …). */
-  facts?(): Promise<{ tables: FactTable[]; notes: string[] }>;
+  /** Rounds when the run does not say (ROUNDS / --rounds); default DEFAULT_ROUNDS (args.ts). Long builds: 1. */
+  readonly defaultRounds?: number;
+  /** Facts gathered after the rounds (sizes of what was built, …) and verdicts on goals that are not ratios. */
+  facts?(): Promise<GroupFacts>;
+}
+
+export interface GroupFacts {
+  readonly tables: FactTable[];
+  readonly notes: string[];
+  readonly verdicts?: string[];
 }
 
 /** The order of runs: every round visits each workload once, in the same order (pure). */
@@ -112,7 +122,7 @@ export async function runGroup(group: Group, opts: RunGroupOptions): Promise<Gro
   const notes: string[] = [];
   const ready: Workload[] = [];
   const prepared: Workload[] = [];
-  let facts: { tables: FactTable[]; notes: string[] } = { tables: [], notes: [] };
+  let facts: GroupFacts = { tables: [], notes: [] };
   try {
     for (const w of chosen) {
       opts.signal?.throwIfAborted();
@@ -170,6 +180,7 @@ export async function runGroup(group: Group, opts: RunGroupOptions): Promise<Gro
     describe: Object.fromEntries(all.map((w) => [w.name, w.describe])),
     facts: facts.tables,
     notes: [...notes, ...facts.notes],
+    ...(facts.verdicts?.length ? { verdicts: facts.verdicts } : {}),
   };
 }
 
