@@ -1,5 +1,6 @@
 // One SETTINGS table for `vmdib build`: flag, DIB environment variable, parser, default and help → frozen options.
 import { parseImageSizeFlag } from "./blockdev/size.js";
+import { BUILD_FILE_KEYS } from "./buildfile.js";
 import { PHASES } from "./elements/phases.js";
 import { UsageError } from "./errors.js";
 import { parseAccel } from "./vm/probe.js";
@@ -62,6 +63,8 @@ export interface BuildOptions {
   readonly memoryMb: number;
   readonly help: boolean;
   readonly version: boolean;
+  /** Build files (`-f`, DIB's diskimage-builder YAML): every image they list, in one helper VM. */
+  readonly files: readonly string[];
   /** The elements named on the command line, in order. */
   readonly elements: readonly string[];
 }
@@ -140,6 +143,15 @@ function commaItems(raw: string): string[] {
 
 // The table. Order is the order of --help.
 export const SETTINGS = [
+  row({
+    key: "files",
+    short: "f",
+    long: "file",
+    kind: "list",
+    metavar: "FILE",
+    help: "build every image listed in FILE (DIB's diskimage-builder YAML) in one helper VM; options given here are every image's defaults; repeatable",
+    default: [],
+  }),
   row({
     key: "imageName",
     short: "o",
@@ -441,6 +453,8 @@ function parseValue(s: Setting, raw: string, where: string): unknown {
   try {
     if (s.key === "types") return commaItems(raw).map((t) => imageType(t, where));
     if (s.key === "breakAt") return commaItems(raw).map((b) => breakPoint(b, where));
+    // A file name may hold a comma.
+    if (s.key === "files") return [nonEmpty(raw, where)];
     if (s.kind === "list") return commaItems(raw);
     return s.parse ? s.parse(raw, where) : raw;
   } catch (message) {
@@ -449,12 +463,18 @@ function parseValue(s: Setting, raw: string, where: string): unknown {
   }
 }
 
+/** The command line as given: each setting it names with its parsed value, and the positional elements. */
+export interface ParsedArgs {
+  readonly values: ReadonlyMap<keyof BuildOptions, unknown>;
+  readonly elements: readonly string[];
+}
+
 /**
- * argv (after `build`) + environment → options. Flags win over DIB's variables, which win over defaults.
+ * argv (after `build`) → the settings it names (parsed, not yet merged with the environment and defaults).
  * Options may follow elements (like getopt's permutation); `--` ends options.
  */
-export function parseBuildArgs(argv: readonly string[], env: NodeJS.ProcessEnv): BuildOptions {
-  const values = new Map<string, unknown>();
+export function parseArgv(argv: readonly string[]): ParsedArgs {
+  const values = new Map<keyof BuildOptions, unknown>();
   const elements: string[] = [];
   const byShort = new Map(SETTINGS.filter((s) => "short" in s).map((s) => [(s as Setting).short, s as Setting]));
   const byLong = new Map(SETTINGS.filter((s) => "long" in s).map((s) => [(s as Setting).long, s as Setting]));
@@ -510,7 +530,15 @@ export function parseBuildArgs(argv: readonly string[], env: NodeJS.ProcessEnv):
       }
     } else elements.push(arg);
   }
+  return { values, elements };
+}
 
+/** Given settings (flags, or a build file's entry over them) + environment + defaults → frozen options. */
+function resolveOptions(
+  values: ReadonlyMap<keyof BuildOptions, unknown>,
+  elements: readonly string[],
+  env: NodeJS.ProcessEnv,
+): BuildOptions {
   // -c clears the host environment: only flags and defaults count (DIB re-execs with `exec -c`).
   const clear = values.get("clearEnv") === true;
   const out: Record<string, unknown> = {};
@@ -523,13 +551,77 @@ export function parseBuildArgs(argv: readonly string[], env: NodeJS.ProcessEnv):
       else out[s.key] = parseValue(s, raw, s.env);
     } else out[s.key] = s.default;
   }
-  out.elements = elements;
+  out.elements = [...elements];
   const options = out as unknown as BuildOptions;
   if (!options.help && !options.version) validate(options);
   return Object.freeze(options);
 }
 
+/**
+ * argv (after `build`) + environment → options. Flags win over DIB's variables, which win over defaults.
+ * Options may follow elements (like getopt's permutation); `--` ends options.
+ */
+export function parseBuildArgs(argv: readonly string[], env: NodeJS.ProcessEnv): BuildOptions {
+  const { values, elements } = parseArgv(argv);
+  return resolveOptions(values, elements, env);
+}
+
+/** Settings a build file's image cannot change: they belong to the one helper VM, or to the whole run. */
+export const RUN_SETTINGS: readonly (keyof BuildOptions)[] = [
+  "files",
+  "dryRun",
+  "json",
+  "quiet",
+  "breakAt",
+  "accel",
+  "noCache",
+  "memoryMb",
+  "help",
+  "version",
+];
+
+/**
+ * The options of one image of a build file: the entry's settings win over the command line's, which win over the
+ * variables of the host's environment plus the entry's `environment`, which win over defaults. `where` names the
+ * entry in messages about its values.
+ */
+export function imageOptions(
+  cli: ParsedArgs,
+  env: NodeJS.ProcessEnv,
+  image: {
+    readonly settings: Readonly<Partial<Record<keyof BuildOptions, string | boolean | number | readonly string[]>>>;
+    readonly elements: readonly string[];
+  },
+  where: string,
+): BuildOptions {
+  const values = new Map(cli.values);
+  values.delete("files");
+  const byKey = new Map((SETTINGS as readonly Setting[]).map((s) => [s.key, s]));
+  for (const [key, value] of Object.entries(image.settings) as [keyof BuildOptions, unknown][]) {
+    const s = byKey.get(key);
+    if (!s || RUN_SETTINGS.includes(key)) throw new Error(`internal: a build file cannot set ${key}`);
+    // Named as the file names it.
+    const fileKey = Object.entries(BUILD_FILE_KEYS).find(([, k]) => k.setting === key)?.[0] ?? key;
+    const at = `${where}: '${fileKey}'`;
+    if (s.kind === "flag" || s.kind === "count") values.set(key, value);
+    else if (s.kind === "list")
+      values.set(
+        key,
+        (value as readonly string[]).flatMap((item) => parseValue(s, item, at) as unknown[]),
+      );
+    else values.set(key, parseValue(s, String(value), at));
+  }
+  return resolveOptions(values, image.elements, env);
+}
+
 function validate(o: BuildOptions): void {
+  if (o.files.length > 0) {
+    if (o.elements.length > 0)
+      throw new UsageError(`elements on the command line (${o.elements.join(" ")}) and a build file (-f)`, {
+        hint: "with -f every image names its elements in the file: drop them from the command line",
+      });
+    return;
+  }
   if (o.elements.length === 0) {
     throw new UsageError("no elements given: at least one distribution root element must be specified", {
       hint: "for example: vmdib build -o out/debian vm debian-minimal",
@@ -551,8 +643,9 @@ function missingValue(flag: string): UsageError {
 export function buildHelp(): string {
   const lines = [
     "usage: vmdib build [options] ELEMENT...",
+    "       vmdib build [options] -f FILE",
     "",
-    "Build a disk image from diskimage-builder elements.",
+    "Build a disk image from diskimage-builder elements; with -f, every image a YAML build file lists.",
     "",
   ];
   const flagRows: [string, string][] = [];
@@ -569,6 +662,16 @@ export function buildHelp(): string {
   lines.push("", "environment:", ...envRows.map(([l, h]) => `  ${l.padEnd(width)}  ${h}`));
   lines.push(`  ${"DIB_*".padEnd(width)}  every DIB_* variable is passed to the element scripts`);
   lines.push("", "Example:", "  vmdib build -o out/debian vm debian-minimal");
+  lines.push(
+    "",
+    "Build files (-f): a YAML list of images with DIB's keys (imagename, elements, types, environment, packages,",
+    "checksum, image-size, debug-trace, uncompressed, logfile, ...); one helper VM builds them in order and stops at",
+    "the first failure:",
+    "  - imagename: out/web",
+    "    elements: [vm, debian-minimal]",
+    "    types: [qcow2]",
+    "    environment: {DIB_RELEASE: bookworm}",
+  );
   return `${lines.join("\n")}\n`;
 }
 

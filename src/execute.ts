@@ -1,5 +1,6 @@
-// The executor: walks a BuildPlan inside the helper VM (guest/dib/run-phase per step), sizes and lays out the block
-// device, converts the image on the host, and publishes outputs only on success. Owns the build's cleanup stack.
+// The executor: walks BuildPlans inside one helper VM (guest/dib/run-phase per step; a build file's images one after
+// another, each with its own work dir, build tree and a fresh image disk), sizes and lays out the block device,
+// converts the image on the host, and publishes outputs only on success. Owns each build's cleanup stack.
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream } from "node:fs";
 import { cp, mkdir, open, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
@@ -37,9 +38,10 @@ export type BuildEvent =
   | { readonly type: "artifact"; readonly path: string; readonly format: ImageType; readonly bytes: number }
   | { readonly type: "progress"; readonly step: string; readonly done: number; readonly total: number };
 
+/** The helper VM a session boots once and stops at its end. */
+export type StartMachine = (spec: MachineRequest) => Promise<BuildMachine & { stop(): Promise<void> }>;
+
 export interface ExecuteDeps {
-  /** Boots the helper VM with the work dir, element shares and the image disk attached. */
-  readonly startMachine: (spec: MachineRequest) => Promise<BuildMachine & { stop(): Promise<void> }>;
   /** Runs the host's qemu-img (no root needed) with these arguments. */
   readonly qemuImg: (
     args: readonly string[],
@@ -70,9 +72,11 @@ export type ToolRunner = (file: string, args: readonly string[], signal: AbortSi
 const runTool: ToolRunner = async (file, args, signal) =>
   (await execa(file, args, { cancelSignal: signal, stdin: "ignore" })).stdout;
 
-/** What the executor asks of the VM: shares (work dir read-write, element dirs read-only) and the image disk. */
+/** What the executor asks of the VM: shares (the builds' work dirs read-write, element dirs read-only), image disk. */
 export interface MachineRequest {
-  readonly workDir: string;
+  /** Holds every build's work dir; shared read-write at SESSION_GUEST, each build's bound at GUEST_PATHS.work. */
+  readonly workRoot: string;
+  /** Every build's element search directories, read-only; each build binds its own at GUEST_PATHS.elements/<n>. */
   readonly elementShares: readonly { readonly host: string; readonly guest: string }[];
   /** Host file attached as a virtio disk; the guest finds it as /dev/disk/by-id/virtio-<serial>. */
   readonly imageDisk: { readonly path: string; readonly serial: string };
@@ -82,6 +86,9 @@ export interface MachineRequest {
 export const IMAGE_DISK_SERIAL = "vmdib-image";
 const IMAGE_DISK_CAPACITY = 2 * TiB;
 const IMAGE_DISK_GUEST = `/dev/disk/by-id/virtio-${IMAGE_DISK_SERIAL}`;
+/** Where the session's work root and element directories are mounted in the guest. */
+export const SESSION_GUEST = "/vmdib/session";
+const ELEMENT_DIRS_GUEST = "/vmdib/element-dirs";
 
 /** Memory the build tree leaves to the guest's programs (apt, dpkg, sshd) when it is full. */
 const TREE_RESERVE_KIB = 512 * 1024;
@@ -101,7 +108,9 @@ const QEMU_IMG_FORMAT: Partial<Record<ImageType, string>> = {
 export function convertArgv(source: string, target: string, type: ImageType, options: BuildOptions): string[] {
   const format = QEMU_IMG_FORMAT[type];
   if (!format) throw new Error(`${type} is not made by qemu-img`);
-  const argv = ["convert", "-f", "raw", "-O", format];
+  // -U (force-share): the helper VM still has the image disk open (it serves the next image of a build file) and
+  // QEMU holds a write lock on it; the guest has flushed and released the disk before the host converts it.
+  const argv = ["convert", "-U", "-f", "raw", "-O", format];
   if (type === "qcow2" && options.compress) argv.push("-c");
   // vhd: dynamic, as DIB's vhd-util makes it (a fixed VHD has no header at the start: qemu-img probes it as raw);
   // force_size keeps the raw image's exact size instead of rounding it up to a CHS geometry.
@@ -204,27 +213,134 @@ function lineStream(step: string, stream: "stdout" | "stderr", deps: ExecuteDeps
   });
 }
 
-/** Runs the whole plan. Outputs appear next to -o only when everything succeeded. Returns the published files. */
-export async function executePlan(
-  plan: BuildPlan,
-  options: BuildOptions,
-  config: BlockDeviceConfig,
-  workDir: string,
-  deps: ExecuteDeps,
+/**
+ * One helper VM serving a sequence of builds (`vmdib build`: one; `-f FILE`: every image of the file), booted at the
+ * first build. The shares are fixed when QEMU starts, so the VM gets the work root and every build's element
+ * directories up front, and each build binds its own at the fixed guest paths. The one image disk is emptied between
+ * builds: the host truncates its file to nothing and back (QEMU reads a raw file through the host's page cache, so
+ * the guest then reads zeros), after the guest flushed its writes and before it drops what it had cached of the disk
+ * — no build sees another's blocks. A failed build ends the session: close() it.
+ */
+export class BuildSession {
+  readonly workRoot: string;
+  readonly #imagePath: string;
+  readonly #request: MachineRequest;
+  readonly #start: StartMachine;
+  #machine: (BuildMachine & { stop(): Promise<void> }) | undefined;
+  #builds = 0;
+  #failed = false;
+
+  /** `dir`: a fresh private directory of the caller's; it holds the work root and the image disk file. */
+  constructor(dir: string, plans: readonly Pick<BuildPlan, "shares">[], start: StartMachine) {
+    this.workRoot = join(dir, "work");
+    this.#imagePath = join(dir, "image.raw");
+    const hosts = [...new Set(plans.flatMap((p) => p.shares.map((s) => s.host)))];
+    this.#request = {
+      workRoot: this.workRoot,
+      elementShares: hosts.map((host, i) => ({ host, guest: `${ELEMENT_DIRS_GUEST}/${i}` })),
+      imageDisk: { path: this.#imagePath, serial: IMAGE_DISK_SERIAL },
+    };
+    this.#start = start;
+  }
+
+  /**
+   * Builds one plan in the session's VM; its work dir must be made directly in workRoot. Outputs appear next to -o
+   * only when everything succeeded. Returns the published files.
+   */
+  async build(
+    plan: BuildPlan,
+    options: BuildOptions,
+    config: BlockDeviceConfig,
+    workDir: string,
+    deps: ExecuteDeps,
+  ): Promise<string[]> {
+    if (this.#failed) throw new Error("internal: a build failed in this session; it cannot build more");
+    if (dirname(workDir) !== this.workRoot) throw new Error(`internal: work dir ${workDir} is not in the work root`);
+    this.#failed = true;
+    if (!this.#machine) {
+      await mkdir(this.workRoot, { recursive: true });
+      await (await open(this.#imagePath, "w", 0o600)).close();
+      await truncate(this.#imagePath, IMAGE_DISK_CAPACITY);
+      this.#machine = await this.#start(this.#request);
+    } else {
+      await truncate(this.#imagePath, 0);
+      await truncate(this.#imagePath, IMAGE_DISK_CAPACITY);
+    }
+    const binds = plan.shares.map((s) => {
+      const from = this.#request.elementShares.find((e) => e.host === s.host);
+      if (!from) throw new Error(`internal: element directory ${s.host} is not shared`);
+      return { from: from.guest, to: s.guest };
+    });
+    const fresh = this.#builds++ > 0;
+    const published = await executePlan(
+      this.#machine,
+      { plan, options, config, workDir, binds, fresh },
+      {
+        ...deps,
+        imagePath: this.#imagePath,
+      },
+    );
+    this.#failed = false;
+    return published;
+  }
+
+  /** Stops the helper VM (when one was started). */
+  async close(): Promise<void> {
+    await this.#machine?.stop();
+  }
+}
+
+/** One build in the session's VM: the plan, its work dir, and the binds that put its shares where it expects them. */
+interface ImageBuild {
+  readonly plan: BuildPlan;
+  readonly options: BuildOptions;
+  readonly config: BlockDeviceConfig;
+  readonly workDir: string;
+  readonly binds: readonly { readonly from: string; readonly to: string }[];
+  /** An earlier build used the image disk: the guest drops what it cached of it. */
+  readonly fresh: boolean;
+}
+
+/** Guest commands (pure) that put a build's work dir and element directories at the paths its plan uses. */
+export function bindCommands(workDir: string, binds: ImageBuild["binds"]): string[] {
+  const q = shellQuote;
+  return [
+    `mkdir -p ${GUEST_PATHS.work} && mount --bind ${q(`${SESSION_GUEST}/${basename(workDir)}`)} ${GUEST_PATHS.work}`,
+    ...binds.map(
+      (b) =>
+        // remount: a bind mount takes the flags it is given, not those of its source; the elements stay read-only.
+        `mkdir -p ${q(b.to)} && mount --bind ${q(b.from)} ${q(b.to)} && mount -o remount,bind,ro ${q(b.to)}`,
+    ),
+  ];
+}
+
+/**
+ * Guest commands (pure) that leave nothing of a finished build in the VM: loop devices still on the image disk
+ * (a legacy block-device.d hook's) detached, every write flushed to the host file and the disk's cache dropped, the
+ * build tree and the binds unmounted.
+ */
+export function finishCommands(binds: ImageBuild["binds"]): string[] {
+  return [
+    `disk=$(readlink -f ${IMAGE_DISK_GUEST})`,
+    `for loop in $(losetup --noheadings --output NAME --associated "$disk"); do kpartx -d "$loop" >/dev/null 2>&1 || true; losetup -d "$loop"; done`,
+    "sync",
+    `blockdev --flushbufs "$disk"`,
+    `umount --recursive ${GUEST_PATHS.build}`,
+    ...binds.map((b) => `umount ${shellQuote(b.to)}`),
+    `umount ${GUEST_PATHS.work}`,
+  ];
+}
+
+/** Runs the whole plan in a started VM; the session owns the VM and the image disk. */
+async function executePlan(
+  machine: BuildMachine,
+  build: ImageBuild,
+  deps: ExecuteDeps & { readonly imagePath: string },
 ): Promise<string[]> {
+  const { plan, options, config, workDir } = build;
+  const { imagePath } = deps;
   const reportCleanupError = (e: Error) => deps.onEvent({ type: "info", message: e.message });
   return await withCleanup(async (cleanup) => {
-    const imagePath = join(workDir, "image.raw");
-    await (await open(imagePath, "w", 0o600)).close();
-    await truncate(imagePath, IMAGE_DISK_CAPACITY);
-
-    const machine = await deps.startMachine({
-      workDir,
-      elementShares: plan.shares,
-      imageDisk: { path: imagePath, serial: IMAGE_DISK_SERIAL },
-    });
-    cleanup.push("stop the helper VM", () => machine.stop());
-
     const driver = `${GUEST_PATHS.driver}/run-phase`;
     /** DIB's break=: a shell on the user's terminal in the appliance (or the chroot) at this point of the build. */
     async function breakpoint(point: string, inChroot: boolean) {
@@ -295,16 +411,25 @@ export async function executePlan(
     // The tree is built in tmpfs inside the guest (DIB's tmpfs build): device nodes and ownership work there, and
     // under TCG it is far faster than any disk. It may fill the memory the appliance leaves free but TREE_RESERVE_KIB,
     // so that a full tree ends in ENOSPC (reported as such) rather than the OOM killer taking sshd.
+    // An image disk an earlier build used: the host emptied its file; the guest forgets what it cached of it (a
+    // cached page would otherwise be written back around a partial write) and its old partition table.
+    const freshDisk = build.fresh
+      ? [
+          `disk=$(readlink -f ${IMAGE_DISK_GUEST}); blockdev --flushbufs "$disk"; blockdev --rereadpt "$disk" 2>/dev/null || true`,
+        ]
+      : [];
     await runStep("prepare", [
       "bash",
       "-c",
-      `set -eu; kib=$(( $(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) - ${TREE_RESERVE_KIB} ))
+      `set -eu
+${[...freshDisk, ...bindCommands(workDir, build.binds)].join("\n")}
+kib=$(( $(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo) - ${TREE_RESERVE_KIB} ))
 mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 65536))k,mode=0755 vmdib-build ${GUEST_PATHS.build}`,
     ]);
-    // Once the VM is stopped on the success path, the in-guest undo steps have nothing left to do.
-    let vmStopped = false;
+    // Once the build has finished in the guest, the in-guest undo steps have nothing left to do.
+    let finished = false;
     const inGuest = (fn: () => Promise<unknown>) => async () => {
-      if (!vmStopped) await fn().catch(() => undefined);
+      if (!finished) await fn().catch(() => undefined);
     };
     cleanup.push(
       "unmount the build tree",
@@ -379,8 +504,8 @@ mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 6
       await phase("unmount");
       await script("blockdev-umount", buildUmountScript(layout));
     }
-    vmStopped = true;
-    await machine.stop();
+    await runStep("finish", ["bash", "-c", `set -eu -o pipefail\n${finishCommands(build.binds).join("\n")}`]);
+    finished = true;
 
     // The disk holds the image in its first sizeBytes; the rest of the sparse capacity was never written.
     await truncate(imagePath, sizeBytes);

@@ -25,6 +25,7 @@ t.test("qcow2 is compressed unless -u, whatever the -t order (a DIB defect not c
 t.test("qemu-img formats and options", async (t) => {
   t.same(convertArgv("a.raw", "b.vhd", "vhd", opts([])), [
     "convert",
+    "-U",
     "-f",
     "raw",
     "-O",
@@ -36,6 +37,7 @@ t.test("qemu-img formats and options", async (t) => {
   ]);
   t.same(convertArgv("a.raw", "b", "qcow2", opts(["--qemu-img-options", "compat=0.10"])), [
     "convert",
+    "-U",
     "-f",
     "raw",
     "-O",
@@ -46,7 +48,7 @@ t.test("qemu-img formats and options", async (t) => {
     "a.raw",
     "b",
   ]);
-  t.equal(convertArgv("a", "b", "vmdk", opts([]))[4], "vmdk");
+  t.equal(convertArgv("a", "b", "vmdk", opts([]))[5], "vmdk");
   t.throws(() => convertArgv("a", "b", "tar", opts([])));
 });
 

@@ -1,12 +1,14 @@
 // `vmdib build`: options → elements → block-device layout → plan; `--dry-run` prints the plan, else it is executed.
-import { createWriteStream, constants as fsc } from "node:fs";
-import { access, mkdir, readFile, rm } from "node:fs/promises";
+import { createWriteStream, constants as fsc, type WriteStream } from "node:fs";
+import { access, mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import type { Writable } from "node:stream";
 import { execa } from "execa";
 import { type BlockDeviceConfig, loadBlockDeviceConfig } from "../blockdev/config.js";
 import { blockDeviceInitInfo, describeBlockDevicePlan, planBlockDevice } from "../blockdev/graph.js";
 import { GiB } from "../blockdev/size.js";
+import { describeImage, parseBuildFile } from "../buildfile.js";
 import {
   commitTree,
   digestDir,
@@ -17,10 +19,10 @@ import {
   treeCacheKey,
   treeFile,
 } from "../cache/tree.js";
-import { type BuildOptions, buildHelp, parseBuildArgs } from "../config.js";
+import { type BuildOptions, buildHelp, imageOptions, type ParsedArgs, parseArgv, parseBuildArgs } from "../config.js";
 import { loadElementSet } from "../elements/discover.js";
-import { UsageError } from "../errors.js";
-import { type BuildEvent, executePlan, type TreeCacheStep } from "../execute.js";
+import { UsageError, VmdibError } from "../errors.js";
+import { type BuildEvent, BuildSession, SESSION_GUEST, type TreeCacheStep } from "../execute.js";
 import { withLock } from "../lock.js";
 import { resolveMirror } from "../mirror.js";
 import { cacheDir, GUEST_DIR } from "../paths.js";
@@ -111,28 +113,254 @@ export const run: Command = async (ctx) => {
     ctx.stdout.write(`vmdib ${VERSION}\n`);
     return 0;
   }
-  const { plan, config, warnings } = await planBuild(options, ctx);
-  for (const w of warnings) ctx.stderr.write(`vmdib: warning: ${w}\n`);
+  if (options.files.length > 0) return await runBuildFiles(parseArgv(ctx.args), options, ctx);
+  const planned = await planBuild(options, ctx);
+  for (const w of planned.warnings) ctx.stderr.write(`vmdib: warning: ${w}\n`);
+  needsTerminal(options, ctx);
+  if (options.dryRun) {
+    // Redacted: DIB_* values may hold a proxy URL with credentials or a key (the plan itself keeps them).
+    ctx.stdout.write(
+      redactSecrets(options.json ? `${JSON.stringify(planned.plan, null, 2)}\n` : renderPlan(planned.plan)),
+    );
+    return 0;
+  }
+  return await buildImages([{ ...planned, options }], options, ctx);
+};
+
+function needsTerminal(options: BuildOptions, ctx: CommandContext): void {
   if (options.breakAt.length > 0 && !options.dryRun && ctx.stdin.isTTY !== true)
     throw new UsageError(`--break ${options.breakAt.join(",")} opens a shell and needs a terminal`, {
       hint: "run the build from a terminal, or drop --break (and the break variable)",
     });
-  if (options.dryRun) {
-    // Redacted: DIB_* values may hold a proxy URL with credentials or a key (the plan itself keeps them).
-    ctx.stdout.write(redactSecrets(options.json ? `${JSON.stringify(plan, null, 2)}\n` : renderPlan(plan)));
-    return 0;
-  }
-  return await withOutputLock(plan, ctx, () => execute(plan, options, config, ctx));
-};
+}
+
+/** One image to build: its options and plan, and for a build file's image how messages name it. */
+interface PlannedImage {
+  readonly options: BuildOptions;
+  readonly plan: BuildPlan;
+  readonly config: BlockDeviceConfig;
+  /** "images.yaml entry 2 (line 7, imagename 'b')"; absent for the command line's one image. */
+  readonly label?: string;
+}
+
+/** Puts where it happened in front of an error's message (the error keeps its class, hint and exit code). */
+function prefixed(err: unknown, label: string): unknown {
+  if (err instanceof Error && !err.message.startsWith(label)) err.message = `${label}: ${err.message}`;
+  return err;
+}
 
 /**
- * One build at a time per -o: a lock file next to the outputs, so a second build aimed at the same name waits instead
- * of interleaving (a dead owner's lock is taken over). Also where an unwritable output directory is caught, before
- * anything boots.
+ * `vmdib build -f FILE...`: every image of the build files, planned up front (a bad entry fails before anything
+ * boots), then built one after another in one helper VM. The command line's settings are each image's defaults.
  */
-async function withOutputLock<T>(plan: BuildPlan, ctx: CommandContext, fn: () => Promise<T>): Promise<T> {
-  const prefix = resolve(ctx.cwd, plan.imageName);
-  const dir = dirname(prefix);
+async function runBuildFiles(cli: ParsedArgs, runOptions: BuildOptions, ctx: CommandContext): Promise<number> {
+  const images: PlannedImage[] = [];
+  for (const file of runOptions.files) {
+    const text = await readFile(resolve(ctx.cwd, file), "utf8").catch((err: NodeJS.ErrnoException) => {
+      throw new UsageError(`cannot read the build file ${file} (${err.code ?? err.message})`, {
+        hint: "give -f the path of a YAML build file",
+        cause: err,
+      });
+    });
+    const cliName = cli.values.get("imageName");
+    for (const image of parseBuildFile(text, file, typeof cliName === "string" ? cliName : undefined)) {
+      const label = describeImage(image);
+      // The entry's environment is this image's only: each image starts again from the host's.
+      const env = { ...ctx.env, ...image.environment };
+      try {
+        const options = imageOptions(cli, env, image, label);
+        const planned = await planBuild(options, { env, cwd: ctx.cwd });
+        for (const w of planned.warnings) ctx.stderr.write(`vmdib: warning: ${label}: ${w}\n`);
+        images.push({ ...planned, options, label });
+      } catch (err) {
+        throw prefixed(err, label);
+      }
+    }
+  }
+  const owner = new Map<string, string>();
+  for (const image of images)
+    for (const o of image.plan.outputs) {
+      const path = resolve(ctx.cwd, o.path);
+      const other = owner.get(path);
+      if (other !== undefined)
+        throw new UsageError(`${image.label} and ${other} both write ${o.path}`, {
+          hint: "give each image its own imagename",
+        });
+      owner.set(path, image.label ?? "");
+    }
+  // One helper VM, one image cache share for all of them.
+  const caches = new Set(
+    images.map((i) => resolve(ctx.cwd, i.options.imageCache ?? join(cacheDir(ctx.env), "image-create"))),
+  );
+  if (caches.size > 1)
+    throw new UsageError(`the images of ${runOptions.files.join(", ")} name different image-cache directories`, {
+      hint: "one helper VM shares one download cache: set image-cache once, on the command line",
+    });
+  needsTerminal(runOptions, ctx);
+  if (runOptions.dryRun) {
+    const listed = images.map((i) => ({ image: i.label, plan: i.plan }));
+    ctx.stdout.write(
+      redactSecrets(
+        runOptions.json
+          ? `${JSON.stringify({ images: listed }, null, 2)}\n`
+          : listed
+              .map((i, k) => `== image ${k + 1} of ${images.length}: ${i.image}\n\n${renderPlan(i.plan)}`)
+              .join("\n"),
+      ),
+    );
+    return 0;
+  }
+  return await buildImages(images, runOptions, ctx);
+}
+
+/** How one image of the run went, for the summary at the end. */
+export interface ImageResult {
+  readonly name: string;
+  readonly label: string | undefined;
+  status: "built" | "failed" | "not started";
+  seconds: number;
+  outputs: { readonly path: string; readonly bytes: number }[];
+  /** QEMU's pid: one helper VM serves every image. */
+  qemuPid?: number;
+}
+
+/** The table printed after the images of a build file (pure). */
+export function renderImagesSummary(results: readonly ImageResult[]): string {
+  const mib = (b: number) => `${(b / 1024 ** 2).toFixed(1)} MiB`;
+  const lines = ["Images"];
+  const w = Math.max(...results.map((r) => r.name.length));
+  for (const r of results) {
+    const time = r.status === "not started" ? "" : `  ${r.seconds.toFixed(1)} s`;
+    lines.push(`  ${r.name.padEnd(w)}  ${r.status}${time}${r.label ? `  (${r.label})` : ""}`);
+    for (const o of r.outputs) lines.push(`  ${"".padEnd(w)}    ${o.path}  ${mib(o.bytes)}`);
+  }
+  return `${lines.join("\n")}\n`;
+}
+
+/**
+ * Builds the images in order in one helper VM (booted for the first, stopped after the last). The first image that
+ * fails stops the run: images built before it are kept, later ones are not started, and its own older outputs stay
+ * (outputs are only replaced once all of an image's are complete).
+ */
+async function buildImages(images: readonly PlannedImage[], runOptions: BuildOptions, ctx: CommandContext) {
+  // Every output directory is checked before anything boots.
+  for (const image of images) await outputDir(image.plan, ctx);
+  const first = images[0];
+  if (!first) return 0;
+  const run: RunShared = {
+    imageCache: first.options.imageCache ?? join(cacheDir(ctx.env), "image-create"),
+    trees: join(cacheDir(ctx.env), "trees"),
+    logfiles: new Map(),
+    current: undefined,
+    accel: undefined,
+  };
+  await mkdir(run.imageCache, { recursive: true });
+  const results: ImageResult[] = images.map((i) => ({
+    name: i.plan.imageName,
+    label: i.label,
+    status: "not started",
+    seconds: 0,
+    outputs: [],
+  }));
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-build-"));
+  let qemuPid: number | undefined;
+  const session = new BuildSession(
+    dir,
+    images.map((i) => i.plan),
+    async (req) => {
+      const say = (e: BuildEvent) => run.current?.render(e);
+      const machine = await bootFromCli(ctx, {
+        accel: runOptions.accel,
+        memoryMiB: runOptions.memoryMb,
+        offline: runOptions.offline,
+        verbose: !runOptions.json,
+        log: (message) => say({ type: "info", message }),
+        // --no-cache bypasses every cache, the saved appliance snapshot included.
+        snapshot: !runOptions.noCache,
+        shares: [
+          { hostPath: req.workRoot, guestPath: SESSION_GUEST, readonly: false },
+          { hostPath: run.imageCache, guestPath: GUEST_PATHS.imageCache, readonly: false },
+          { hostPath: run.trees, guestPath: GUEST_TREES, readonly: false },
+          ...req.elementShares.map((s) => ({ hostPath: s.host, guestPath: s.guest, readonly: true })),
+        ],
+        disks: [{ serial: req.imageDisk.serial, path: req.imageDisk.path, format: "raw" }],
+      });
+      run.accel = `${machine.accel.accel} (${machine.accel.reason})`;
+      qemuPid = machine.pid;
+      say({ type: "info", message: `helper VM up: QEMU pid ${machine.pid} (${machine.start} start)` });
+      const terminal = ctx.stdin.isTTY === true;
+      return {
+        exec: (argv, io) => machine.exec(argv, io),
+        ...(terminal
+          ? {
+              shell: async (argv: readonly string[]) => {
+                run.current?.view.pause();
+                try {
+                  return await terminalShell(ctx, machine, shellJoin(argv));
+                } finally {
+                  run.current?.view.resume();
+                }
+              },
+            }
+          : {}),
+        stop: () => machine.stop(),
+      };
+    },
+  );
+  let failure: unknown;
+  try {
+    for (const [k, image] of images.entries()) {
+      const result = results[k] as ImageResult;
+      const started = Date.now();
+      try {
+        await withOutputLock(image.plan, ctx, () => buildImage(session, image, ctx, run, result));
+        result.status = "built";
+      } catch (err) {
+        result.status = "failed";
+        const rest = images.slice(k + 1).map((i) => i.plan.imageName);
+        if (image.label && err instanceof VmdibError && rest.length > 0)
+          err.context.push(`not started (the run stops at the first failure): ${rest.join(", ")}`);
+        throw image.label ? prefixed(err, image.label) : err;
+      } finally {
+        result.seconds = (Date.now() - started) / 1000;
+        result.qemuPid = qemuPid;
+      }
+    }
+  } catch (err) {
+    failure = err;
+    throw err;
+  } finally {
+    // A failed stop matters less than the failure that brought us here: never let it mask that error.
+    await session.close().catch((err: unknown) => {
+      if (!failure) throw err;
+    });
+    await rm(dir, { recursive: true, force: true });
+    for (const stream of run.logfiles.values()) await new Promise((done) => stream.end(() => done(undefined)));
+    if (images.some((i) => i.label)) {
+      ctx.stdout.write(
+        runOptions.json
+          ? `${JSON.stringify({ time: new Date().toISOString(), type: "images", images: results })}\n`
+          : renderImagesSummary(results),
+      );
+    }
+  }
+  return 0;
+}
+
+/** What the images of one run share: caches, log files, and the image being built now (its view and events). */
+interface RunShared {
+  readonly imageCache: string;
+  readonly trees: string;
+  /** Log files by path: images naming the same one append to it. */
+  readonly logfiles: Map<string, WriteStream>;
+  current: { render: (e: BuildEvent) => void; view: ReturnType<typeof buildView> } | undefined;
+  /** The helper VM's accelerator, once it is up. */
+  accel: string | undefined;
+}
+
+/** Checks an image's output directory can be written (made when missing), before anything boots. */
+async function outputDir(plan: BuildPlan, ctx: CommandContext): Promise<void> {
+  const dir = dirname(resolve(ctx.cwd, plan.imageName));
   try {
     await mkdir(dir, { recursive: true });
     await access(dir, fsc.W_OK);
@@ -142,41 +370,61 @@ async function withOutputLock<T>(plan: BuildPlan, ctx: CommandContext, fn: () =>
       cause: err,
     });
   }
-  return await withLock(`${prefix}.vmdib-lock`, fn, {
+}
+
+/**
+ * One build at a time per -o: a lock file next to the outputs, so a second build aimed at the same name waits instead
+ * of interleaving (a dead owner's lock is taken over).
+ */
+async function withOutputLock<T>(plan: BuildPlan, ctx: CommandContext, fn: () => Promise<T>): Promise<T> {
+  await outputDir(plan, ctx);
+  return await withLock(`${resolve(ctx.cwd, plan.imageName)}.vmdib-lock`, fn, {
     signal: ctx.signal,
     onWait: (owner) =>
       ctx.stderr.write(`vmdib: waiting for another build (pid ${owner.split(" ")[0]}) writing ${plan.imageName}\n`),
   });
 }
 
-/** Boots the helper VM with the build's shares and image disk, walks the plan, reports progress. */
-async function execute(planned: BuildPlan, options: BuildOptions, config: BlockDeviceConfig, ctx: CommandContext) {
+/** One image in the run's helper VM: its own view, caches, work dir, the plan walked, outputs and its summary. */
+async function buildImage(
+  session: BuildSession,
+  image: PlannedImage,
+  ctx: CommandContext,
+  run: RunShared,
+  result: ImageResult,
+): Promise<void> {
+  const { options, config } = image;
   const { report, onEvent: collect } = collectReport();
   const timings = join(cacheDir(ctx.env), "timings");
   const timingKey = timingsKey(
-    planned.elements.map((e) => e.name),
-    planned.outputs.map((o) => o.type),
+    image.plan.elements.map((e) => e.name),
+    image.plan.outputs.map((o) => o.type),
   );
-  const logfile = options.logfile ? createWriteStream(resolve(ctx.cwd, options.logfile), { flags: "w" }) : undefined;
+  let logfile: WriteStream | undefined;
+  if (options.logfile) {
+    const path = resolve(ctx.cwd, options.logfile);
+    logfile = run.logfiles.get(path) ?? createWriteStream(path, { flags: "w" });
+    run.logfiles.set(path, logfile);
+  }
   const view = buildView(ctx, options, await loadTimings(timings, timingKey), logfile);
   const render = (e: BuildEvent) => {
     collect(e);
     view.onEvent(e);
   };
-  const imageCache = options.imageCache ?? join(cacheDir(ctx.env), "image-create");
-  await mkdir(imageCache, { recursive: true });
-  const plan = await withDebootstrapStage1(planned, options, imageCache, ctx, render, report);
-  const trees = join(cacheDir(ctx.env), "trees");
-  const treeCache = await treeCacheStep(plan, options, trees, render);
+  run.current = { render, view };
+  if (image.label) render({ type: "info", message: `building ${image.label}` });
+  const plan = await withDebootstrapStage1(image.plan, options, run.imageCache, ctx, render, report);
+  const treeCache = await treeCacheStep(plan, options, run.trees, render);
   report.caches.push({
     name: "tree after post-root.d",
     result: `${treeCache.restoreFrom ? "hit" : "miss"} ${treeCache.key}`,
   });
-  const workDir = await makeWorkDir(plan);
+  await mkdir(session.workRoot, { recursive: true });
+  const workDir = await makeWorkDir(plan, session.workRoot);
   const started = Date.now();
   let ok = false;
   try {
-    await executePlan(plan, options, config, workDir, {
+    await session.build(plan, options, config, workDir, {
       cwd: ctx.cwd,
       signal: ctx.signal,
       onEvent: render,
@@ -191,61 +439,27 @@ async function execute(planned: BuildPlan, options: BuildOptions, config: BlockD
         });
         await child;
       },
-      startMachine: async (req) => {
-        const machine = await bootFromCli(ctx, {
-          accel: options.accel,
-          memoryMiB: options.memoryMb,
-          offline: options.offline,
-          verbose: !options.json,
-          log: (message) => render({ type: "info", message }),
-          // --no-cache bypasses every cache, the saved appliance snapshot included.
-          snapshot: !options.noCache,
-          shares: [
-            { hostPath: req.workDir, guestPath: GUEST_PATHS.work, readonly: false },
-            { hostPath: imageCache, guestPath: GUEST_PATHS.imageCache, readonly: false },
-            { hostPath: trees, guestPath: GUEST_TREES, readonly: false },
-            ...req.elementShares.map((s) => ({ hostPath: s.host, guestPath: s.guest, readonly: true })),
-          ],
-          disks: [{ serial: req.imageDisk.serial, path: req.imageDisk.path, format: "raw" }],
-        });
-        report.accel = `${machine.accel.accel} (${machine.accel.reason})`;
-        const terminal = ctx.stdin.isTTY === true;
-        return {
-          exec: (argv, io) => machine.exec(argv, io),
-          ...(terminal
-            ? {
-                shell: async (argv: readonly string[]) => {
-                  view.pause();
-                  try {
-                    return await terminalShell(ctx, machine, shellJoin(argv));
-                  } finally {
-                    view.resume();
-                  }
-                },
-              }
-            : {}),
-          stop: () => machine.stop(),
-        };
-      },
     });
     ok = true;
   } finally {
     await rm(workDir, { recursive: true, force: true });
-    if (treeCache.saveTo) await rm(join(trees, basename(treeCache.saveTo)), { force: true });
+    if (treeCache.saveTo) await rm(join(run.trees, basename(treeCache.saveTo)), { force: true });
     report.totalSeconds = (Date.now() - started) / 1000;
+    if (run.accel) report.accel = run.accel;
     view.close();
     if (ok) {
       for (const o of report.outputs) o.sha256 = await outputSha256(o.path);
       const steps = Object.fromEntries(report.steps.map((s) => [s.name, s.seconds]));
       await saveTimings(timings, timingKey, { steps, total: report.totalSeconds }).catch(() => undefined);
     }
+    result.outputs = report.outputs.map((o) => ({ path: o.path, bytes: o.bytes }));
     const summary = options.json
-      ? `${JSON.stringify({ time: new Date().toISOString(), type: "summary", ...report })}\n`
+      ? `${JSON.stringify({ time: new Date().toISOString(), type: "summary", ...(image.label ? { image: image.label } : {}), ...report })}\n`
       : renderReport(report);
     ctx.stdout.write(summary);
-    if (logfile) await new Promise((done) => logfile.end(summary, () => done(undefined)));
+    logfile?.write(summary);
+    run.current = undefined;
   }
-  return 0;
 }
 
 /** An output's sha256: from the .sha256 file --checksum wrote next to it, else computed. */
@@ -344,6 +558,11 @@ async function withDebootstrapStage1(
     return { ...plan, environment: { ...plan.environment, common: { ...plan.environment.common, ...stage1.env } } };
   } catch (err) {
     if (ctx.signal?.aborted) throw err;
+    // A mirror that refuses or fails here fails the guest's debootstrap too, only later and as a cascade: stop with
+    // its error. Not with a proxy set: the guest's apt uses it, the host's fetch does not.
+    const proxy = ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"].some((k) => ctx.env[k]);
+    if (err instanceof VmdibError && /\bDebian mirror\b/.test(err.message) && !proxy)
+      throw mirrorSettingNamed(err, plan.environment.common);
     const message = err instanceof Error ? err.message : String(err);
     render({
       type: "info",
@@ -351,6 +570,17 @@ async function withDebootstrapStage1(
     });
     return plan;
   }
+}
+
+/** The mirror error with its hint naming the variable the debootstrap mirror came from (DIB's Debian one first). */
+function mirrorSettingNamed(err: VmdibError, env: Readonly<Record<string, string>>): VmdibError {
+  const name = env.DIB_DEBIAN_DISTRIBUTION_MIRROR ? "DIB_DEBIAN_DISTRIBUTION_MIRROR" : "DIB_DISTRIBUTION_MIRROR";
+  return new VmdibError(err.message, {
+    cause: err,
+    exitCode: err.exitCode,
+    context: [...err.context, "(debootstrap's packages, fetched on the host: the guest would meet the same mirror)"],
+    ...(err.hint ? { hint: err.hint.replaceAll("DIB_DISTRIBUTION_MIRROR", name) } : {}),
+  });
 }
 
 /** The build's view (src/progress.ts) on stdout, with secrets kept out of every line and JSON event. */
