@@ -2,6 +2,7 @@
 // secrets on the console and in its output). The error says which space ran out, how much was used, and the option
 // that gives more; the image already at -o is untouched; no secret reaches the output, --logfile or the kept console.
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -110,5 +111,33 @@ t.test(
       [],
       "nothing of any key's body in the kept console",
     );
+  },
+);
+
+t.test(
+  "a dead Debian mirror for debootstrap: one error naming the mirror and its variable, before any VM",
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), "vmdib-e2e-faults-"));
+    t.teardown(() => rm(dir, { recursive: true, force: true }));
+    // A port that was just free: nothing listens there, the connection is refused.
+    const server = createServer();
+    const port = await new Promise<number>((r) =>
+      server.listen(0, "127.0.0.1", () => r((server.address() as { port: number }).port)),
+    );
+    await new Promise((r) => server.close(r));
+    const mirror = `http://127.0.0.1:${port}/debian`;
+    const run = await execa(VMDIB, ["build", "-n", "-o", "out/m", "-t", "raw", "debian-minimal"], {
+      cwd: dir,
+      // DIB's Debian-specific variable (it wins over DIB_DISTRIBUTION_MIRROR, as in DIB).
+      env: { DIB_DEBIAN_DISTRIBUTION_MIRROR: mirror },
+      reject: false,
+    });
+    t.equal(run.exitCode, 1, "exit 1");
+    t.match(run.stderr, `error: cannot reach the Debian mirror ${mirror}`, "names the mirror");
+    t.match(run.stderr, /ECONNREFUSED/, "and why");
+    t.match(run.stderr, /hint: .*DIB_DEBIAN_DISTRIBUTION_MIRROR/, "names the variable the mirror came from");
+    t.notMatch(run.stderr, /hint: .*\bDIB_DISTRIBUTION_MIRROR/, "not another one");
+    t.notMatch(run.stdout + run.stderr, /the guest runs it|starting QEMU|debootstrap failed/, "stops before the guest");
+    t.notMatch(run.stderr, /\n\s+at /, "no stack trace");
   },
 );
