@@ -5,22 +5,7 @@ import { resolve } from "node:path";
 import { UsageError } from "../errors.js";
 import { bootImage } from "../vm/image-boot.js";
 import type { Command } from "./context.js";
-import { type VmFlags, walkFlags } from "./vm-flags.js";
-
-export const BOOT_HELP = `usage: vmdib boot [options] IMAGE
-
-Boot IMAGE (qcow2, raw, vhd, vmdk, vdi — what \`vmdib build\` wrote) in QEMU with its serial console on this
-terminal. Ctrl-A X quits (Ctrl-A C switches to the QEMU monitor, Ctrl-A H lists the keys), as in QEMU.
-SSH in the guest is forwarded from a free port on 127.0.0.1, printed at the start.
-
-options:
-  --uefi                boot with UEFI firmware (OVMF) instead of BIOS
-  --memory MIB          guest memory (default 1024)
-  --cpus N              virtual CPUs (default: all host cores)
-  --accel kvm|hvf|tcg   accelerator (default: probed once per host, then remembered)
-  --snapshot            throw away the guest's writes: the image file stays unchanged
-  -v, --verbose         say what happens (accelerator, QEMU command line) on stderr
-`;
+import { type FlagSpec, optionsHelp, type VmFlags, vmFlagSpecs, walkFlags } from "./vm-flags.js";
 
 /** Options `vmdib boot` and `vmdib test` share. */
 export interface ImageCommandOptions extends VmFlags {
@@ -28,50 +13,74 @@ export interface ImageCommandOptions extends VmFlags {
   uefi: boolean;
 }
 
+/** The options `vmdib boot` and `vmdib test` share: --uefi and the VM flags (-v shows what `verbose` says). */
+export function imageFlagSpecs(verbose: string): FlagSpec<ImageCommandOptions>[] {
+  const [accel, memory, cpus, verboseFlag] = vmFlagSpecs({ memoryMiB: 1024, verbose }) as [
+    FlagSpec<VmFlags>,
+    FlagSpec<VmFlags>,
+    FlagSpec<VmFlags>,
+    FlagSpec<VmFlags>,
+  ];
+  const uefi: FlagSpec<ImageCommandOptions> = {
+    names: ["--uefi"],
+    help: "boot with UEFI firmware (OVMF) instead of BIOS",
+    apply: (o) => {
+      o.uefi = true;
+    },
+  };
+  return [uefi, memory, cpus, accel, verboseFlag];
+}
+
 /**
- * Parse `[options] IMAGE`: the shared VM flags, --uefi, and `extra(flag, value)` for a command's own (returns false
- * for an unknown flag). Options may come before or after IMAGE; `--flag=value` and `--flag value` both work.
+ * Parse `[options] IMAGE` against `specs` (a command's table, imageFlagSpecs among it). Options may come before or
+ * after IMAGE; `--flag=value` and `--flag value` both work.
  */
-export function parseImageArgs(
+export function parseImageArgs<O extends ImageCommandOptions>(
   args: readonly string[],
   cwd: string,
   command: string,
-  extra: (flag: string, value: () => string) => boolean = () => false,
-): ImageCommandOptions {
-  const options: ImageCommandOptions = { uefi: false, verbose: false };
+  specs: readonly FlagSpec<O>[],
+  into: O,
+): O {
   const take = (word: string) => {
-    if (options.image !== undefined) {
+    if (into.image !== undefined) {
       throw new UsageError(`unexpected argument '${word}'`, { hint: `vmdib ${command} takes one IMAGE` });
     }
-    options.image = resolve(cwd, word);
+    into.image = resolve(cwd, word);
     return "take" as const;
   };
-  const rest = walkFlags(args, {
-    command,
-    vm: options,
-    word: take,
-    flag: (flag, value) => {
-      if (flag !== "--uefi") return extra(flag, value);
-      options.uefi = true;
-      return true;
-    },
-  });
+  const rest = walkFlags(args, { command, specs, into, word: take });
   // After `--` every word is positional, even one that starts with '-'.
   for (const word of rest) take(word);
-  if (options.image === undefined) {
+  if (into.image === undefined) {
     throw new UsageError("no IMAGE given", { hint: `vmdib ${command} [options] IMAGE, e.g. out/debian.qcow2` });
   }
-  return options;
+  return into;
 }
 
-export function parseBootArgs(args: readonly string[], cwd: string): ImageCommandOptions & { snapshot: boolean } {
-  let snapshot = false;
-  const options = parseImageArgs(args, cwd, "boot", (flag) => {
-    if (flag !== "--snapshot") return false;
-    snapshot = true;
-    return true;
-  });
-  return { ...options, snapshot };
+type BootOptions = ImageCommandOptions & { snapshot: boolean };
+
+const BOOT_FLAGS: FlagSpec<BootOptions>[] = [
+  ...imageFlagSpecs("say what happens (accelerator, QEMU command line) on stderr"),
+  {
+    names: ["--snapshot"],
+    help: "throw away the guest's writes: the image file stays unchanged",
+    apply: (o) => {
+      o.snapshot = true;
+    },
+  },
+];
+
+export const BOOT_HELP = `usage: vmdib boot [options] IMAGE
+
+Boot IMAGE (qcow2, raw, vhd, vmdk, vdi — what \`vmdib build\` wrote) in QEMU with its serial console on this
+terminal. Ctrl-A X quits (Ctrl-A C switches to the QEMU monitor, Ctrl-A H lists the keys), as in QEMU.
+SSH in the guest is forwarded from a free port on 127.0.0.1, printed at the start.
+
+${optionsHelp(BOOT_FLAGS)}`;
+
+export function parseBootArgs(args: readonly string[], cwd: string): BootOptions {
+  return parseImageArgs(args, cwd, "boot", BOOT_FLAGS, { uefi: false, verbose: false, snapshot: false });
 }
 
 export const run: Command = async (ctx) => {

@@ -9,21 +9,7 @@ import { bootKernel, type DiskRequest, type Machine, type ShareRequest, startApp
 import { chooseAccel, findQemu } from "../vm/probe.js";
 import { formatEvent } from "./appliance.js";
 import type { Command, CommandContext } from "./context.js";
-import { type VmFlags, walkFlags } from "./vm-flags.js";
-
-export const RUN_HELP = `usage: vmdib run [options] -- COMMAND [ARG...]
-
-Boot the helper VM, run COMMAND as root inside it (stdout and stderr streamed), exit with its exit code.
-
-options:
-  --accel kvm|hvf|tcg   accelerator (default: probed once per host, then remembered)
-  --memory MIB          guest memory (default 2048)
-  --cpus N              virtual CPUs (default: all host cores)
-  --share HOST:GUEST[:ro]
-                        share a host directory at GUEST (read-write unless :ro); repeatable
-  --offline             use only the cached appliance packages
-  -v, --verbose         say what happens (appliance, accelerator, boot time) on stderr
-`;
+import { type FlagSpec, optionsHelp, type VmFlags, vmFlagSpecs, walkFlags } from "./vm-flags.js";
 
 export interface VmOptions extends VmFlags {
   shares: ShareRequest[];
@@ -38,13 +24,41 @@ export interface VmOptions extends VmFlags {
   snapshot?: boolean;
 }
 
-function parseShare(value: string | undefined, cwd: string): ShareRequest {
+function parseShare(value: string, cwd: string): ShareRequest {
   const m = value === undefined ? null : /^(.+?):(\/[^:\s]*)(:ro)?$/.exec(value);
   if (!m?.[1] || !m[2]) {
-    throw new UsageError(`--share needs HOST:GUEST[:ro] with an absolute GUEST path, not '${value ?? ""}'`);
+    throw new UsageError(`--share needs HOST:GUEST[:ro] with an absolute GUEST path, not '${value}'`);
   }
   return { hostPath: resolve(cwd, m[1]), guestPath: m[2], readonly: m[3] !== undefined };
 }
+
+/** The options of `vmdib run` and `vmdib shell` (--share paths resolve against `cwd`). */
+export function runFlagSpecs(cwd: string): FlagSpec<VmOptions>[] {
+  return [
+    ...vmFlagSpecs({ memoryMiB: 2048, verbose: "say what happens (appliance, accelerator, boot time) on stderr" }),
+    {
+      names: ["--share"],
+      value: "HOST:GUEST[:ro]",
+      help: "share a host directory at GUEST (read-write unless :ro); repeatable",
+      apply: (o, v) => {
+        o.shares.push(parseShare(v, cwd));
+      },
+    },
+    {
+      names: ["--offline"],
+      help: "use only the cached appliance packages",
+      apply: (o) => {
+        o.offline = true;
+      },
+    },
+  ];
+}
+
+export const RUN_HELP = `usage: vmdib run [options] -- COMMAND [ARG...]
+
+Boot the helper VM, run COMMAND as root inside it (stdout and stderr streamed), exit with its exit code.
+
+${optionsHelp(runFlagSpecs("."))}`;
 
 /**
  * Split `[options] [--] COMMAND...`: options end at `--` or at the first word that is not an option, so that
@@ -52,17 +66,7 @@ function parseShare(value: string | undefined, cwd: string): ShareRequest {
  */
 export function parseVmArgs(args: readonly string[], cwd: string): { options: VmOptions; command: string[] } {
   const options: VmOptions = { shares: [], offline: false, verbose: false };
-  const command = walkFlags(args, {
-    command: "run",
-    vm: options,
-    word: () => "stop",
-    flag: (flag, value) => {
-      if (flag === "--share") options.shares.push(parseShare(value(), cwd));
-      else if (flag === "--offline") options.offline = true;
-      else return false;
-      return true;
-    },
-  });
+  const command = walkFlags(args, { command: "run", specs: runFlagSpecs(cwd), into: options, word: () => "stop" });
   return { options, command };
 }
 

@@ -4,13 +4,14 @@
 import { UsageError } from "../errors.js";
 import type { Machine } from "../vm/machine.js";
 import type { Command, CommandContext } from "./context.js";
-import { bootFromCli, parseVmArgs, usingMachine } from "./run.js";
+import { bootFromCli, parseVmArgs, runFlagSpecs, usingMachine } from "./run.js";
+import { optionsHelp } from "./vm-flags.js";
 
 const HELP = `usage: vmdib shell [options]
 
 Boot the helper VM and open an interactive root shell in it; the VM shuts down when the shell exits.
-Options as for \`vmdib run\` (--accel, --memory, --cpus, --share, --offline, --verbose).
-`;
+
+${optionsHelp(runFlagSpecs("."))}`;
 
 export const run: Command = async (ctx) => {
   if (ctx.args[0] === "-h" || ctx.args[0] === "--help") {

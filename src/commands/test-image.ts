@@ -3,9 +3,57 @@
 import { resolve } from "node:path";
 import { UsageError } from "../errors.js";
 import { type CheckStatus, DEFAULT_TEST_TIMEOUT_MS, type ImageTestReport, testImage } from "../vm/image-boot.js";
-import { type ImageCommandOptions, parseImageArgs } from "./boot.js";
+import { type ImageCommandOptions, imageFlagSpecs, parseImageArgs } from "./boot.js";
 import type { Command } from "./context.js";
-import { positiveInt } from "./vm-flags.js";
+import { type FlagSpec, optionsHelp, positiveInt } from "./vm-flags.js";
+
+export interface TestCommandOptions extends ImageCommandOptions {
+  image: string;
+  sshKey?: string;
+  user?: string;
+  timeoutS?: number;
+  json: boolean;
+}
+
+type Parsed = Omit<TestCommandOptions, "image"> & { image?: string };
+
+function testFlagSpecs(cwd: string): FlagSpec<Parsed>[] {
+  return [
+    {
+      names: ["--ssh-key"],
+      value: "FILE",
+      help: "private key for check 4 (unencrypted; its public half is in the image, e.g. by devuser)",
+      apply: (o, v) => {
+        o.sshKey = resolve(cwd, v);
+      },
+    },
+    {
+      names: ["--user"],
+      value: "NAME",
+      help: "user for check 4 (DIB's devuser element: devuser); without --ssh-key, the password\nin the environment variable VMDIB_SSH_PASSWORD is used",
+      apply: (o, v) => {
+        if (!/^[a-z_][a-z0-9_.-]*\$?$/i.test(v)) throw new UsageError(`'${v}' is not a user name`);
+        o.user = v;
+      },
+    },
+    {
+      names: ["--timeout"],
+      value: "SECONDS",
+      help: `for the whole test (default ${DEFAULT_TEST_TIMEOUT_MS / 1000}: software emulation is slow)`,
+      apply: (o, v, f) => {
+        o.timeoutS = positiveInt(f, v);
+      },
+    },
+    {
+      names: ["--json"],
+      help: "print the report as JSON on stdout",
+      apply: (o) => {
+        o.json = true;
+      },
+    },
+    ...imageFlagSpecs("show progress and the guest's console live on stderr"),
+  ];
+}
 
 export const TEST_HELP = `usage: vmdib test [options] IMAGE
 
@@ -16,64 +64,16 @@ Boot IMAGE headless under QEMU (with -snapshot: the image file is never changed)
   4. with --ssh-key and --user: accepts an SSH login and runs \`findmnt\` and \`cat /proc/cmdline\`.
 Prints PASS/FAIL per check (and the tail of the serial console on failure); exits 0 only if none failed.
 
-options:
-  --ssh-key FILE        private key for check 4 (unencrypted; its public half is in the image, e.g. by devuser)
-  --user NAME           user for check 4 (DIB's devuser element: devuser); without --ssh-key, the password
-                        in the environment variable VMDIB_SSH_PASSWORD is used
-  --timeout SECONDS     for the whole test (default 300: software emulation is slow)
-  --json                print the report as JSON on stdout
-  --uefi                boot with UEFI firmware (OVMF) instead of BIOS
-  --memory MIB          guest memory (default 1024)
-  --cpus N              virtual CPUs (default: all host cores)
-  --accel kvm|hvf|tcg   accelerator (default: probed once per host, then remembered)
-  -v, --verbose         show progress and the guest's console live on stderr
-`;
-
-export interface TestCommandOptions extends ImageCommandOptions {
-  image: string;
-  sshKey?: string;
-  user?: string;
-  timeoutS?: number;
-  json: boolean;
-}
+${optionsHelp(testFlagSpecs("."))}`;
 
 export function parseTestArgs(args: readonly string[], cwd: string): TestCommandOptions {
-  let sshKey: string | undefined;
-  let user: string | undefined;
-  let timeoutS: number | undefined;
-  let json = false;
-  const common = parseImageArgs(args, cwd, "test", (flag, value) => {
-    switch (flag) {
-      case "--ssh-key":
-        sshKey = resolve(cwd, value());
-        return true;
-      case "--user":
-        user = value();
-        if (!/^[a-z_][a-z0-9_.-]*\$?$/i.test(user)) throw new UsageError(`'${user}' is not a user name`);
-        return true;
-      case "--timeout":
-        timeoutS = positiveInt(flag, value());
-        return true;
-      case "--json":
-        json = true;
-        return true;
-      default:
-        return false;
-    }
-  });
-  if (sshKey !== undefined && user === undefined) {
+  const o = parseImageArgs<Parsed>(args, cwd, "test", testFlagSpecs(cwd), { uefi: false, verbose: false, json: false });
+  if (o.sshKey !== undefined && o.user === undefined) {
     throw new UsageError("--ssh-key needs --user", {
       hint: "name the user the key belongs to in the image, e.g. `--user devuser` for DIB's devuser element",
     });
   }
-  return {
-    ...common,
-    image: common.image as string,
-    json,
-    ...(sshKey !== undefined ? { sshKey } : {}),
-    ...(user !== undefined ? { user } : {}),
-    ...(timeoutS !== undefined ? { timeoutS } : {}),
-  };
+  return { ...o, image: o.image as string };
 }
 
 const MARK: Readonly<Record<CheckStatus, string>> = { pass: "PASS", fail: "FAIL", skip: "SKIP" };
