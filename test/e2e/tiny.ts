@@ -44,6 +44,8 @@ t.test("tiny-os builds to every output type; the image holds what the elements w
   t.equal(run.exitCode, 0, run.all?.split("\n").slice(-30).join("\n"));
   if (run.exitCode !== 0) return;
   t.match(run.stdout, /==> install \(chroot\)/, "phases report where they run");
+  t.notOk(run.stdout.includes("\u001b"), "stdout is a pipe: no status line, no escape codes");
+  t.match(run.stdout, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \| ==> root \(appliance\)$/m, "DIB's timestamped lines");
   t.match(run.stdout, /dib-run-parts 50-tiny-marker +\d/, "DIB's per-script timing table");
   const out = (ext: string) => join(dir, "out", `tiny.${ext}`);
 

@@ -45,5 +45,7 @@ export function terminal(t: Test, args: string[], opts: { cwd?: string; env?: No
       await new Promise((r) => setTimeout(r, 15));
     }
   };
-  return { term, exited, expect, type };
+  /** Everything the terminal received so far, escape sequences included. */
+  const text = () => screen;
+  return { term, exited, expect, type, text };
 }
