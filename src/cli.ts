@@ -53,8 +53,14 @@ const helpCommand: Command = async (ctx) => {
     ctx.stdout.write(`${usage()}\n`);
     return 0;
   }
+  if (name === "help") {
+    ctx.stdout.write(
+      "usage: vmdib help [COMMAND]\n\nShow the options of COMMAND (what `vmdib COMMAND --help` prints).\n",
+    );
+    return 0;
+  }
   const command = COMMANDS[name];
-  if (!command || name === "help") {
+  if (!command) {
     throw new VmdibError(`no help for unknown command '${name}'`, { exitCode: 2, hint: "run `vmdib --help`" });
   }
   return (await command.load())({ ...ctx, args: ["--help"] });

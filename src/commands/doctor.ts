@@ -3,23 +3,40 @@
 import { statfs } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { parseArgs } from "node:util";
 import { execa } from "execa";
-import { VmdibError } from "../errors.js";
+import { UsageError, VmdibError } from "../errors.js";
 import { redactUrl, resolveMirror } from "../mirror.js";
 import { cacheDir } from "../paths.js";
 import { mirrorRequest } from "../vm/appliance/archive.js";
 import { listAppliances } from "../vm/appliance/index.js";
 import { chooseAccel, findQemu } from "../vm/probe.js";
 import type { Command, CommandContext } from "./context.js";
+import { type FlagSpec, optionsHelp, walkFlags } from "./vm-flags.js";
+
+const DOCTOR_FLAGS: FlagSpec<{ json: boolean; help: boolean }>[] = [
+  {
+    names: ["--json"],
+    help: "one JSON document instead of the table",
+    apply: (o) => {
+      o.json = true;
+    },
+  },
+  {
+    names: ["-h", "--help"],
+    help: "this help",
+    apply: (o) => {
+      o.help = true;
+    },
+  },
+];
 
 const HELP = `usage: vmdib doctor [--json]
 
 Checks what a build needs: QEMU and qemu-img, the accelerator (and why), 9p shares, free space in the cache and
 work directories, whether the Debian mirror answers, and the cached appliance. Each problem comes with the command
 that fixes it. Exit 0 when a build can run, 1 when something it needs is missing.
-  --json   one JSON document instead of the table
-`;
+
+${optionsHelp(DOCTOR_FLAGS)}`;
 
 export type Status = "ok" | "warn" | "fail";
 
@@ -203,11 +220,9 @@ async function mirrorFacts(env: NodeJS.ProcessEnv): Promise<Facts["mirror"]> {
 }
 
 export const run: Command = async (ctx: CommandContext) => {
-  const { values } = parseArgs({
-    args: ctx.args,
-    options: { json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
-    strict: true,
-  });
+  const values = { json: false, help: false };
+  const extra = walkFlags(ctx.args, { command: "doctor", specs: DOCTOR_FLAGS, into: values, word: () => "stop" });
+  if (extra.length) throw new UsageError(`unexpected argument '${extra[0]}'`, { hint: "vmdib doctor [--json]" });
   if (values.help) {
     ctx.stdout.write(HELP);
     return 0;

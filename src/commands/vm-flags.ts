@@ -1,6 +1,6 @@
-// The option tables of the commands that boot a VM (`vmdib run`, `shell`, `boot`, `test`): each flag declared once
-// with its value name, help text and effect, so the parser (walkFlags) and the help (optionsHelp) cannot disagree;
-// and the flags they all share (--accel, --memory, --cpus, -v).
+// Option tables for the commands besides build (whose table is src/config.ts): `vmdib run`, `shell`, `boot`, `test`,
+// `doctor`. Each flag is declared once with its value name, help text and effect, so the parser (walkFlags) and the
+// help (optionsHelp) cannot disagree; and the flags every command that boots a VM shares (--accel, --memory, --cpus, -v).
 import { UsageError } from "../errors.js";
 import { parseAccel } from "../vm/probe.js";
 import type { Accel } from "../vm/qemu.js";
