@@ -148,14 +148,19 @@ export function debosRecipe(mirror: string, release: string): string {
   ].join("\n");
 }
 
-/** The line of a failed tool's output that says why (pure): the last line naming an error, else the last line. */
+const SAYS_WHY = /error|failed|not found|cannot|can only|denied|not supported/i;
+
+/**
+ * What a failed tool's output says about why (pure): the first and the last line naming an error (one when they are
+ * the same), else the last line; backticks become quotes so the text fits in Markdown code.
+ */
 export function failureLine(lines: readonly string[]): string {
-  const meaningful = lines.map((l) => l.trim()).filter(Boolean);
-  const err = findLast(
-    meaningful,
-    (l) => /error|failed|not found|cannot|can only/i.test(l) && !/^If reporting/.test(l),
-  );
-  return err ?? meaningful[meaningful.length - 1] ?? "(no output)";
+  const meaningful = lines.map((l) => l.trim().replace(/`/g, "'")).filter(Boolean);
+  const errs = meaningful.filter((l) => SAYS_WHY.test(l) && !/^If reporting/.test(l));
+  const first = errs[0];
+  const last = errs[errs.length - 1];
+  if (first && last) return first === last ? first : `${first} … ${last}`;
+  return meaningful[meaningful.length - 1] ?? "(no output)";
 }
 
 // ---------------------------------------------------------------- effects
@@ -628,7 +633,8 @@ export function w2Group(o: BuildGroupOptions): Group {
       name: "debos",
       describe:
         "debos with an equivalent recipe (debootstrap minbase of the same release from the same mirror, packed as a " +
-        "tarball) as the current user: `-b qemu` (fakemachine's TCG backend) and `-b auto` (what it picks). debos " +
+        "tarball) as the current user: `-b qemu` (fakemachine's TCG backend) and `-b auto` (what it picks: without a " +
+        "usable /dev/kvm it runs the recipe on the host, without a VM). debos " +
         "is not installed (its Recommends bring systemd-resolved, which breaks DNS here): `apt-get download` of " +
         `${DEBOS_DEBS.join(", ")} and \`dpkg-deb -x\` into a temporary directory (untimed). Timed from spawn to exit.`,
       async prepare() {

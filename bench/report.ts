@@ -15,6 +15,8 @@ export interface RunInfo {
   readonly accel: string;
   readonly loadStart: readonly number[];
   readonly loadEnd: readonly number[];
+  /** The code measured (a commit, "+ local changes" when the tree was dirty), when known. */
+  readonly commit?: string;
 }
 
 export const REPORT_HEADER = `# Benchmarks
@@ -106,10 +108,11 @@ export function renderSection(r: GroupResult, info: RunInfo): string {
     BEGIN(r.group),
     `## ${r.title}`,
     "",
-    `Measured ${info.date} with \`${info.command}\` as user \`${info.user}\`; ${r.rounds} round${r.rounds === 1 ? "" : "s"}, interleaved.`,
+    `Measured ${info.date} with \`${info.command}\` as user \`${info.user}\`; ${r.rounds === 1 ? "1 round (one run of each workload, in the order below)" : `${r.rounds} rounds, interleaved`}.`,
     "",
     `- Machine: ${info.machine}`,
     `- QEMU: ${info.qemu}; accelerator: ${info.accel}`,
+    ...(info.commit ? [`- Code: ${info.commit}`] : []),
     `- Load average (1/5/15 min): ${load(info.loadStart)} at the start, ${load(info.loadEnd)} at the end` +
       " (the machine is shared with other builds).",
     "",

@@ -7,9 +7,20 @@ import { VmdibError } from "../src/errors.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
 import { BENCH_HELP, DEFAULT_ROUNDS, parseBenchArgs, selectWorkloads } from "./args.js";
 import { w1Group, w2Group } from "./builds.js";
+import { runTimed } from "./proc.js";
 import { readyGroup, sharedVm } from "./ready.js";
 import { goalLine, mergeReport, type RunInfo, renderSection } from "./report.js";
 import { type Group, runGroup } from "./workload.js";
+
+/** The commit measured: BENCH_COMMIT (a copy without .git), else git's HEAD and whether the tree had changes. */
+async function commitOf(env: NodeJS.ProcessEnv): Promise<string | undefined> {
+  if (env.BENCH_COMMIT) return env.BENCH_COMMIT;
+  const git = (args: string[]) => runTimed("git", ["-C", PACKAGE_ROOT, ...args], { env, timeoutMs: 30_000 });
+  const head = await git(["rev-parse", "--short", "HEAD"]).catch(() => undefined);
+  if (head?.code !== 0 || !head.lines[0]) return undefined;
+  const dirty = await git(["status", "--porcelain", "--untracked-files=no"]).catch(() => undefined);
+  return `commit ${head.lines[0].text}${dirty?.lines.length ? " + local changes" : ""}`;
+}
 
 function machineLine(): string {
   const model = cpus()[0]?.model?.replace(/\s+/g, " ").trim() ?? "unknown CPU";
@@ -19,7 +30,9 @@ function machineLine(): string {
 /** How this run was started, as a reader would repeat it. */
 function commandLine(argv: readonly string[], env: NodeJS.ProcessEnv): string {
   if (env.MAKELEVEL) {
-    const vars = ["BENCH", "ROUNDS", "BENCH_COLD_NETWORK"].filter((k) => env[k]).map((k) => ` ${k}=${env[k]}`);
+    const vars = ["BENCH", "ROUNDS", "BENCH_COLD_NETWORK"]
+      .filter((k) => env[k])
+      .map((k) => ` ${k}=${env[k]}`);
     return `make bench${vars.join("")}`;
   }
   return ["node dist/bench/run.js", ...argv].join(" ");
@@ -49,6 +62,7 @@ async function main(): Promise<number> {
   );
   const date = new Date().toISOString().replace(/\.\d+Z$/, "Z");
   const loadStart = loadavg();
+  const commit = await commitOf(env);
   log(`load average at start: ${loadStart.map((x) => x.toFixed(2)).join(" ")}`);
 
   const results = [];
@@ -69,6 +83,7 @@ async function main(): Promise<number> {
     accel: vm ? `${vm.accel.accel} (${vm.accel.reason})` : "unknown",
     loadStart,
     loadEnd: loadavg(),
+    ...(commit ? { commit } : {}),
   };
   const out = opts.out ?? join(PACKAGE_ROOT, "BENCHMARKS.md");
   const old = await readFile(out, "utf8").catch(() => undefined);

@@ -114,5 +114,9 @@ t.test("a failure's line: the last that names an error, not virt-dib's bug-repor
     "virt-dib: error: libguestfs error: debug:",
   );
   t.equal(failureLine(["No kernel found"]), "No kernel found");
+  t.equal(
+    failureLine(["Debootstrap | E: debootstrap can only run as root", "x", "Action `debootstrap` failed at stage Run"]),
+    "Debootstrap | E: debootstrap can only run as root … Action 'debootstrap' failed at stage Run",
+  );
   t.equal(failureLine([]), "(no output)");
 });

@@ -128,3 +128,10 @@ t.test("a ratio just over the limit does not print as the limit", async (t) => {
   const r = result({ lg: { launch: [27_500] }, vm: { total: [13_900] } });
   t.match(goalLine(r, r.goals[0] as GroupResult["goals"][number]), "= 0.505×, limit 0.50×: **not met**");
 });
+
+t.test("verdicts on goals that are not ratios follow the goal lines", async (t) => {
+  const r = { ...result({ lg: { launch: [30_000] }, vm: { total: [7_000] } }), verdicts: ["RSS ≤ 150 MB — **met**."] };
+  const text = renderSection(r, info);
+  t.match(text, /limit 0\.50×: \*\*met\*\*\.\n- Goal: RSS ≤ 150 MB — \*\*met\*\*\.\n/);
+  t.match(text, /with `make bench BENCH=ready` as user `builder`; 3 rounds, interleaved\./);
+});
