@@ -27,7 +27,7 @@ import { withLock } from "../lock.js";
 import { resolveMirror } from "../mirror.js";
 import { cacheDir, GUEST_DIR } from "../paths.js";
 import { type BuildPlan, blockDeviceParams, buildPlan, GUEST_PATHS, renderPlan } from "../plan.js";
-import { createView, loadTimings, saveTimings, type Timings, timingsKey } from "../progress.js";
+import { createView, loadTimings, saveTimings, type Timings, timingsKey, type ViewEvent } from "../progress.js";
 import { lineRedactor, redactSecrets } from "../redact.js";
 import { type BuildReport, collectReport, renderReport } from "../report.js";
 import { prepareDebootstrapStage1 } from "../rootfs/debootstrap.js";
@@ -268,13 +268,14 @@ async function buildImages(images: readonly PlannedImage[], runOptions: BuildOpt
     dir,
     images.map((i) => i.plan),
     async (req) => {
-      const say = (e: BuildEvent) => run.current?.render(e);
+      const say = (e: ViewEvent) => run.current?.render(e);
       const machine = await bootFromCli(ctx, {
         accel: runOptions.accel,
         memoryMiB: runOptions.memoryMb,
         offline: runOptions.offline,
         verbose: !runOptions.json,
         log: (message) => say({ type: "info", message }),
+        onDownload: (p) => say({ ...p, type: "download", what: `appliance ${p.what}` }),
         // --no-cache bypasses every cache, the saved appliance snapshot included.
         snapshot: !runOptions.noCache,
         shares: [
@@ -353,7 +354,7 @@ interface RunShared {
   readonly trees: string;
   /** Log files by path: images naming the same one append to it. */
   readonly logfiles: Map<string, WriteStream>;
-  current: { render: (e: BuildEvent) => void; view: ReturnType<typeof buildView> } | undefined;
+  current: { render: (e: ViewEvent) => void; view: ReturnType<typeof buildView> } | undefined;
   /** The helper VM's accelerator, once it is up. */
   accel: string | undefined;
 }
@@ -407,8 +408,8 @@ async function buildImage(
     run.logfiles.set(path, logfile);
   }
   const view = buildView(ctx, options, await loadTimings(timings, timingKey), logfile);
-  const render = (e: BuildEvent) => {
-    collect(e);
+  const render = (e: ViewEvent) => {
+    if (e.type !== "download") collect(e);
     view.onEvent(e);
   };
   run.current = { render, view };
@@ -528,7 +529,7 @@ async function withDebootstrapStage1(
   options: BuildOptions,
   imageCache: string,
   ctx: CommandContext,
-  render: (e: BuildEvent) => void,
+  render: (e: ViewEvent) => void,
   report: BuildReport,
 ): Promise<BuildPlan> {
   const started = Date.now();
@@ -547,6 +548,7 @@ async function withDebootstrapStage1(
         if (e.type === "step" || e.type === "warning") render({ type: "info", message: e.message });
         else if (e.type === "downloads" && e.count)
           render({ type: "info", message: `downloading ${e.count} packages` });
+        else if (e.type === "download-progress") render({ ...e, type: "download", what: `debootstrap ${e.what}` });
       },
     });
     if (!stage1) return plan;
@@ -598,6 +600,6 @@ function buildView(ctx: CommandContext, options: BuildOptions, last: Timings | u
   return {
     ...view,
     // Script output may print a proxy URL with credentials or a private key: neither reaches the log.
-    onEvent: (e: BuildEvent) => view.onEvent(e.type === "output" ? { ...e, line: redactLine(e.line) } : e),
+    onEvent: (e: ViewEvent) => view.onEvent(e.type === "output" ? { ...e, line: redactLine(e.line) } : e),
   };
 }
