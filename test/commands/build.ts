@@ -141,3 +141,73 @@ t.test("--break without a terminal: exit 2 before anything boots", async (t) => 
   t.equal(r.code, 2);
   t.match(r.stderr, /--break after-install opens a shell and needs a terminal/);
 });
+
+t.test("a bad build file: exit 2 before anything boots, the message names the entry", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-buildfile-test-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const env = { ...ENV, ELEMENTS_PATH: TINY };
+  const cases: [string, RegExp][] = [
+    [
+      "- imagename: x\n  elements: [tiny-os, nope]\n",
+      /^vmdib: error: f\.yaml entry 1 \(line 1, imagename 'x'\): element 'nope' not found/,
+    ],
+    [
+      "- imagename: x\n  elements: [tiny-os]\n  image-size: lots\n",
+      /f\.yaml entry 1 .*: 'image-size': 'lots' is not a usable size/,
+    ],
+    [
+      "- imagename: x\n  elements: [tiny-os]\n- imagename: y\n  elemnts: [tiny-os]\n",
+      /f\.yaml entry 2 \('y'\), line 4: unknown key 'elemnts'/,
+    ],
+    ["- imagename: x\n  elements: [tiny-os\n", /f\.yaml:3:1: YAML syntax error/],
+    [
+      "- imagename: x\n  elements: [tiny-os]\n- imagename: x.qcow2\n  types: [qcow2]\n  elements: [tiny-os]\n",
+      /f\.yaml entry 2 \(line 3, imagename 'x\.qcow2'\) and f\.yaml entry 1 .* both write x\.qcow2/,
+    ],
+    [
+      "- imagename: x\n  elements: [tiny-os]\n  image-cache: /tmp/a\n- imagename: y\n  elements: [tiny-os]\n",
+      /name different image-cache directories/,
+    ],
+  ];
+  for (const [text, re] of cases) {
+    await writeFile(join(dir, "f.yaml"), text);
+    const r = await vmdib(["build", "-n", "-f", "f.yaml"], env, dir);
+    t.equal(r.code, 2, `${text}: exit 2`);
+    t.match(r.stderr, re, text);
+    t.match(r.stderr, /hint: /, "a hint");
+    t.notOk(existsSync(join(dir, "x.qcow2")), "nothing built");
+  }
+  const missing = await vmdib(["build", "-f", "nope.yaml"], env, dir);
+  t.match(missing.stderr, /cannot read the build file nope\.yaml \(ENOENT\)/);
+  const both = await vmdib(["build", "-f", "f.yaml", "tiny-os"], env, dir);
+  t.match(both.stderr, /elements on the command line \(tiny-os\) and a build file/);
+});
+
+t.test("build file --dry-run: each image's plan, the command line's settings as defaults", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-buildfile-test-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  await writeFile(
+    join(dir, "f.yaml"),
+    "- imagename: out/a\n  elements: [tiny-os]\n  environment: {DIB_ONLY_A: 'yes'}\n- imagename: out/b\n  elements: [tiny-os]\n  types: [tar]\n",
+  );
+  const r = await vmdib(
+    ["build", "-n", "-t", "raw", "-f", "f.yaml", "--dry-run", "--json"],
+    { ...ENV, ELEMENTS_PATH: TINY },
+    dir,
+  );
+  t.equal(r.code, 0, r.stderr);
+  const [a, b] = JSON.parse(r.stdout).images;
+  t.same(
+    a.plan.outputs.map((o: { path: string }) => o.path),
+    ["out/a.raw"],
+    "-t raw for the image naming no types",
+  );
+  t.same(
+    b.plan.outputs.map((o: { path: string }) => o.path),
+    ["out/b.tar"],
+    "the entry's types win",
+  );
+  t.equal(a.plan.environment.common.DIB_ONLY_A, "yes");
+  t.equal(b.plan.environment.common.DIB_ONLY_A, undefined, "an entry's environment is its own");
+  t.notOk(existsSync(join(dir, "out")), "nothing made");
+});
