@@ -440,6 +440,8 @@ export interface Stage1Request {
   offline?: boolean;
   /** Build the tarball again even if one with the same key exists. */
   noCache?: boolean;
+  /** The Debian archive keyring InRelease is checked against; default $VMDIB_KEYRING, else the system's. */
+  keyring?: string;
   signal?: AbortSignal;
   onEvent?: OnEvent;
 }
@@ -510,7 +512,8 @@ export async function prepareDebootstrapStage1(req: Stage1Request): Promise<Stag
     arch: req.arch,
     cacheRoot: req.cacheRoot ?? cacheDir(),
     offline: req.offline ?? false,
-    keyring: DEFAULT_KEYRING,
+    // The same keyring the appliance uses (src/vm/appliance/index.ts): macOS has no system copy.
+    keyring: req.keyring ?? (process.env.VMDIB_KEYRING || DEFAULT_KEYRING),
     ...(req.signal ? { signal: req.signal } : {}),
     ...(req.onEvent ? { onEvent: req.onEvent } : {}),
   };

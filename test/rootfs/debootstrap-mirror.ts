@@ -79,3 +79,23 @@ t.test("credentials in the mirror URL are not shown in the error the user sees",
   t.match(shown, /http:\/\/\*\*\*@127\.0\.0\.1/);
   t.notMatch(shown, /s3cret/);
 });
+
+t.test("an authenticated mirror refusing the credentials: 401, a hint about them, the password nowhere", async (t) => {
+  const seen: (string | undefined)[] = [];
+  const server = createServer((req, res) => {
+    seen.push(req.headers.authorization);
+    res.writeHead(401, { "www-authenticate": 'Basic realm="mirror"' });
+    res.end();
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => server.close());
+  const port = (server.address() as AddressInfo).port;
+  const { err, imageCache } = await stage1(t, `http://ci:s3cret@127.0.0.1:${port}/debian`);
+  t.ok(err instanceof VmdibError, String(err));
+  t.same(seen, [`Basic ${Buffer.from("ci:s3cret").toString("base64")}`], "the credentials went as a Basic header");
+  const shown = renderError(err, true);
+  t.match(shown, /answered 401 Unauthorized/);
+  t.match(shown, /refused the credentials in its URL/);
+  t.notMatch(shown, /s3cret/, "not even unfiltered");
+  t.same(await readdir(imageCache), []);
+});
