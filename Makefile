@@ -45,8 +45,10 @@ test: build
 vm-test: build
 	$(TAP) $$($(TEST_FILES) \( -path 'dist/test/vm/*' -o -path 'dist/test/e2e/*' \) | sort) | $(SUMMARY)
 
-# BENCHMARKS.md from real, interleaved runs on this machine (not part of `make test` or CI; minutes under TCG).
-# `make bench BENCH=ready` (a group or workload names, comma-separated) reruns a part; ROUNDS=N rounds (default 3).
+# BENCHMARKS.md from real, interleaved runs on this machine (not part of `make test` or CI; about two hours under
+# TCG for all groups: ready, w1, w2). `make bench BENCH=ready` (group or workload names, comma-separated) reruns a
+# part; ROUNDS=N rounds (default 3 for ready, 1 for the image builds w1 and w2). Run it as a normal user: native DIB
+# rows need root and use `sudo -n` (run `sudo -v` first), or are skipped with the reason.
 bench: build
 	node dist/bench/run.js
 
