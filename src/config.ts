@@ -149,7 +149,7 @@ export const SETTINGS = [
     long: "file",
     kind: "list",
     metavar: "FILE",
-    help: "build every image listed in FILE (DIB's diskimage-builder YAML) in one helper VM; options given here are every image's defaults; repeatable",
+    help: "build every image of FILE (DIB's diskimage-builder YAML) in one helper VM; repeatable",
     default: [],
   }),
   row({
@@ -666,7 +666,7 @@ export function buildHelp(): string {
     "",
     "Build files (-f): a YAML list of images with DIB's keys (imagename, elements, types, environment, packages,",
     "checksum, image-size, debug-trace, uncompressed, logfile, ...); one helper VM builds them in order and stops at",
-    "the first failure:",
+    "the first failure. Options on the command line are every image's defaults; an entry's keys win.",
     "  - imagename: out/web",
     "    elements: [vm, debian-minimal]",
     "    types: [qcow2]",

@@ -1,17 +1,23 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
 import t, { type Test } from "tap";
+import { planBuild } from "../src/commands/build.js";
 import { parseBuildArgs } from "../src/config.js";
 import {
   type BuildEvent,
+  BuildSession,
+  bindCommands,
   convertArgv,
   dockerArchiveTarArgv,
+  finishCommands,
   publishOutputs,
   treeOutputCommands,
 } from "../src/execute.js";
+import { PACKAGE_ROOT } from "../src/paths.js";
 import { buildOutputs } from "../src/plan.js";
+import { makeWorkDir } from "../src/workdir.js";
 
 const opts = (argv: string[]) => parseBuildArgs([...argv, "x"], {});
 
@@ -179,4 +185,105 @@ t.test("publishing: without a Docker daemon the archive is the output; a failure
   );
   t.equal(await readFile(join(dir, "out", "img.qcow2"), "utf8"), "older\n", "the older image is untouched");
   t.same(await readdir(join(dir, "out")), ["img.qcow2"], "no partial files, nothing half published");
+});
+
+t.test(
+  "a build's binds: its work dir and element directories, the elements read-only; finish undoes them",
+  async (t) => {
+    const binds = [{ from: "/vmdib/element-dirs/1", to: "/vmdib/elements/0" }];
+    const [work, element] = bindCommands("/tmp/x/work/vmdib-build-abc", binds);
+    t.equal(work, "mkdir -p /vmdib/work && mount --bind /vmdib/session/vmdib-build-abc /vmdib/work");
+    t.match(element, /mount --bind \/vmdib\/element-dirs\/1 \/vmdib\/elements\/0 && mount -o remount,bind,ro /);
+    const finish = finishCommands(binds).join("\n");
+    t.match(finish, /losetup -d/, "loop devices a legacy hook left on the image disk are detached");
+    t.match(finish, /sync\nblockdev --flushbufs "\$disk"/, "writes reach the host file; the disk's cache is dropped");
+    t.match(finish, /umount --recursive \/vmdib\/build\numount \/vmdib\/elements\/0\numount \/vmdib\/work$/);
+  },
+);
+
+t.test("a session: one machine for two builds, the image disk emptied between them; a failure ends it", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-session-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const env = { ELEMENTS_PATH: join(PACKAGE_ROOT, "test", "fixtures", "e2e-elements") };
+  const plan = async (name: string, ...elements: string[]) => {
+    const options = parseBuildArgs(["-n", "-o", `out/${name}`, "-t", "raw", "tiny-os", ...elements], env);
+    return { options, ...(await planBuild(options, { env, cwd: dir })) };
+  };
+  const images = [await plan("a"), await plan("b", "block-device-mbr"), await plan("c")];
+  let starts = 0;
+  let stops = 0;
+  let disk = "";
+  const scripts: string[] = [];
+  /** What the second build's guest would read where the first one wrote. */
+  let seenBySecond: Buffer | undefined;
+  let sizeForSecond = 0;
+  let failOn: string | undefined;
+  const session = new BuildSession(
+    join(dir, "session"),
+    images.map((i) => i.plan),
+    async (req) => {
+      starts++;
+      disk = req.imageDisk.path;
+      t.same(
+        req.elementShares.map((s) => s.guest),
+        ["/vmdib/element-dirs/0", "/vmdib/element-dirs/1"],
+      );
+      return {
+        exec: async (argv, io) => {
+          const line = argv.join(" ");
+          scripts.push(line);
+          if (argv[0] === "test") return 1;
+          if (failOn && line.includes(failOn)) return 3;
+          if (line.includes("mount --bind") && scripts.filter((s) => s.includes("mount --bind")).length === 2) {
+            const fh = await open(disk, "r");
+            seenBySecond = Buffer.alloc(5);
+            await fh.read(seenBySecond, 0, 5, 4096);
+            sizeForSecond = (await fh.stat()).size;
+            await fh.close();
+          }
+          // The guest writes the image through the disk.
+          if (line.includes("copy-root")) {
+            const fh = await open(disk, "r+");
+            await fh.write("image", 4096);
+            await fh.close();
+          }
+          io.stdout.write("VMDIB_BUILT_KIB=2048\n");
+          return 0;
+        },
+        stop: async () => void stops++,
+      };
+    },
+  );
+  const deps = {
+    cwd: dir,
+    signal: new AbortController().signal,
+    onEvent: () => undefined,
+    qemuImg: async (args: readonly string[]) => writeFile(args[args.length - 1] as string, "converted"),
+  };
+  await mkdir(session.workRoot, { recursive: true });
+  for (const image of images.slice(0, 2)) {
+    const workDir = await makeWorkDir(image.plan, session.workRoot);
+    await session.build(image.plan, image.options, image.config, workDir, deps);
+  }
+  t.equal(starts, 1, "one machine for both builds");
+  t.same(seenBySecond, Buffer.alloc(5), "the second build's disk reads zeros where the first one wrote");
+  t.equal(sizeForSecond, 2 * 1024 ** 4, "at its full capacity again");
+  const prepares = scripts.filter((s) => s.includes("mount -t tmpfs"));
+  t.notMatch(prepares[0], /flushbufs/, "the first build's disk is new");
+  t.match(prepares[1], /blockdev --flushbufs "\$disk"; blockdev --rereadpt/, "the second's guest drops its cache");
+  t.equal(scripts.filter((s) => s.includes("umount --recursive /vmdib/build")).length, 2, "each build finished");
+  t.equal(await readFile(join(dir, "out", "b.raw"), "utf8"), "converted", "both published");
+
+  failOn = " install";
+  const c = images[2] as (typeof images)[number];
+  await t.rejects(
+    session.build(c.plan, c.options, c.config, await makeWorkDir(c.plan, session.workRoot), deps),
+    /step 'install' failed with exit code 3/,
+  );
+  await t.rejects(
+    session.build(c.plan, c.options, c.config, await makeWorkDir(c.plan, session.workRoot), deps),
+    /a build failed in this session/,
+  );
+  await session.close();
+  t.equal(stops, 1);
 });
