@@ -560,10 +560,9 @@ async function withDebootstrapStage1(
     return { ...plan, environment: { ...plan.environment, common: { ...plan.environment.common, ...stage1.env } } };
   } catch (err) {
     if (ctx.signal?.aborted) throw err;
-    // A mirror that refuses or fails here fails the guest's debootstrap too, only later and as a cascade: stop with
-    // its error. Not with a proxy set: the guest's apt uses it, the host's fetch does not.
-    const proxy = ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"].some((k) => ctx.env[k]);
-    if (err instanceof VmdibError && /\bDebian mirror\b/.test(err.message) && !proxy)
+    // A mirror that refuses or fails here fails the guest's debootstrap too (the guest reaches the network through
+    // this host, and is given no proxy), only later and as a cascade: stop with its error.
+    if (err instanceof VmdibError && /\bDebian mirror\b/.test(err.message))
       throw mirrorSettingNamed(err, plan.environment.common);
     const message = err instanceof Error ? err.message : String(err);
     render({

@@ -115,7 +115,7 @@ t.test(
 );
 
 t.test(
-  "a dead Debian mirror for debootstrap: one error naming the mirror and its variable, before any VM",
+  "a dead Debian mirror for debootstrap: one error naming the mirror and its variable (on the host before any VM, or in the guest)",
   async (t) => {
     const dir = await mkdtemp(join(tmpdir(), "vmdib-e2e-faults-"));
     t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -139,5 +139,27 @@ t.test(
     t.notMatch(run.stderr, /hint: .*\bDIB_DISTRIBUTION_MIRROR/, "not another one");
     t.notMatch(run.stdout + run.stderr, /the guest runs it|starting QEMU|debootstrap failed/, "stops before the guest");
     t.notMatch(run.stderr, /\n\s+at /, "no stack trace");
+
+    // When the host does not make debootstrap's first stage (here: another tool asked for), the guest's debootstrap
+    // element meets the dead mirror itself and fails at once with the same story.
+    const inGuest = await execa(VMDIB, ["build", "-n", "-o", "out/m", "-t", "raw", "debian-minimal"], {
+      cwd: dir,
+      env: { DIB_DEBIAN_DISTRIBUTION_MIRROR: mirror, DIB_DEBOOTSTRAP_TOOL: "mmdebstrap" },
+      reject: false,
+    });
+    t.equal(inGuest.exitCode, 1, "exit 1 from the guest too");
+    t.match(inGuest.stdout, /debootstrap stage one runs in the guest: DIB_DEBOOTSTRAP_TOOL=mmdebstrap/);
+    t.match(
+      inGuest.stderr,
+      /error: step 'root' failed with exit code 1 \(root\.d\/08-debootstrap, exit code 1\)/,
+      "one error, naming the step and the script",
+    );
+    t.match(
+      inGuest.stderr,
+      `debootstrap: cannot reach the mirror ${mirror} from the appliance (wget: failed: Connection refused.)`,
+      "the guest says it cannot reach the mirror, and why",
+    );
+    t.match(inGuest.stderr, /Hint: check DIB_DEBIAN_DISTRIBUTION_MIRROR;/, "naming the variable that set it");
+    t.notMatch(inGuest.stderr, /\n\s+at /, "no stack trace");
   },
 );
