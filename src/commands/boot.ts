@@ -60,7 +60,7 @@ export function parseImageArgs<O extends ImageCommandOptions>(
 
 type BootOptions = ImageCommandOptions & { snapshot: boolean };
 
-const BOOT_FLAGS: FlagSpec<BootOptions>[] = [
+export const BOOT_FLAGS: FlagSpec<BootOptions>[] = [
   ...imageFlagSpecs("say what happens (accelerator, QEMU command line) on stderr"),
   {
     names: ["--snapshot"],

@@ -13,7 +13,7 @@ import { chooseAccel, findQemu } from "../vm/probe.js";
 import type { Command, CommandContext } from "./context.js";
 import { type FlagSpec, optionsHelp, walkFlags } from "./vm-flags.js";
 
-const DOCTOR_FLAGS: FlagSpec<{ json: boolean; help: boolean }>[] = [
+export const DOCTOR_FLAGS: FlagSpec<{ json: boolean; help: boolean }>[] = [
   {
     names: ["--json"],
     help: "one JSON document instead of the table",

@@ -17,7 +17,7 @@ export interface TestCommandOptions extends ImageCommandOptions {
 
 type Parsed = Omit<TestCommandOptions, "image"> & { image?: string };
 
-function testFlagSpecs(cwd: string): FlagSpec<Parsed>[] {
+export function testFlagSpecs(cwd: string): FlagSpec<Parsed>[] {
   return [
     {
       names: ["--ssh-key"],

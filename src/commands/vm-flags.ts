@@ -77,6 +77,11 @@ export function vmFlagSpecs(d: VmFlagDefaults): FlagSpec<VmFlags>[] {
   ];
 }
 
+/** Every spelling of every flag in a table (for shell completion). */
+export function flagNames(specs: readonly FlagSpec<never>[]): string[] {
+  return specs.flatMap((s) => s.names);
+}
+
 /** The `options:` block of a command's help, rendered from its table (pure). */
 export function optionsHelp(specs: readonly FlagSpec<never>[]): string {
   const WIDTH = 24;

@@ -56,6 +56,19 @@ t.test("bash: commands, build flags, -t items, --accel values, element names", a
   );
 });
 
+t.test("bash: the other commands' flags come from their option tables", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-completion-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const script = join(dir, "vmdib.bash");
+  await writeFile(script, (await vmdib(["completion", "bash"])).stdout);
+  t.same(await complete(script, ["vmdib", "run", "--s"]), ["--share"]);
+  t.same(await complete(script, ["vmdib", "shell", "--o"]), ["--offline"]);
+  t.same(await complete(script, ["vmdib", "boot", "--s"]), ["--snapshot"]);
+  t.same(await complete(script, ["vmdib", "test", "--s"]), ["--ssh-key"], "test has no --snapshot");
+  t.same(await complete(script, ["vmdib", "test", "--accel", "t"]), ["tcg"]);
+  t.same(await complete(script, ["vmdib", "doctor", "--j"]), ["--json"]);
+});
+
 t.test("zsh gets the same function through bashcompinit; an unknown shell is a usage error", async (t) => {
   const zsh = await vmdib(["completion", "zsh"]);
   t.match(zsh.stdout, /^autoload -U \+X bashcompinit && bashcompinit$/m);
