@@ -119,10 +119,14 @@ t.test("the first failing image stops the run: named, earlier images kept, its o
   const dir = await workDir(t, "buildfile-fail");
   await writeFile(
     join(dir, "images.yaml"),
+    // out/ok is image a of the test before: its tree comes from the tree cache.
     `- imagename: out/ok
-  elements: [tiny-os]
+  elements: [tiny-os, tiny-hostile]
   skip-base: true
   types: [tar]
+  environment:
+    DIB_HOSTILE: ${marker}
+    DIB_HOSTILE_LOG: hello from a
 - imagename: out/bad
   elements: [tiny-os, tiny-fail]
   skip-base: true
@@ -139,7 +143,7 @@ t.test("the first failing image stops the run: named, earlier images kept, its o
   if (run.exitCode !== 1) t.comment(run.all?.split("\n").slice(-30).join("\n"));
   t.match(
     run.stderr,
-    /images\.yaml entry 2 \(line 5, imagename 'out\/bad'\): step 'install' failed .*install\.d\/60-tiny-fail, exit code 3/,
+    /images\.yaml entry 2 \(line 8, imagename 'out\/bad'\): step 'install' failed .*install\.d\/60-tiny-fail, exit code 3/,
   );
   t.match(run.stderr, /not started \(the run stops at the first failure\): out\/never/);
   t.match(run.stdout, /^ {2}out\/ok +built /m);
