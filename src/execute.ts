@@ -582,7 +582,10 @@ async function spaceExhausted(
   if (image && image.usedKiB >= image.sizeKiB * 0.95)
     return new VmdibError(
       `image space exhausted: the image's root filesystem is full (${mib(image.usedKiB)} used of ${mib(image.sizeKiB)})`,
-      { context: [...tail], hint: "make the image bigger with --image-size or --image-extra-size" },
+      {
+        context: [...tail],
+        hint: `make the image bigger with --image-size (now ${options.imageSize ? `${Math.round(options.imageSize / 2 ** 20)} MiB` : "computed from the tree"}) or --image-extra-size`,
+      },
     );
   const where = tree ? ` (${mib(tree.usedKiB)} used of ${mib(tree.sizeKiB)})` : "";
   return new VmdibError(`build space exhausted: the build tree in the helper VM's memory is full${where}`, {

@@ -77,7 +77,7 @@ t.test(
       /image space exhausted: the image's root filesystem is full \(\d+ MiB used of \d+ MiB\)/,
       "says which space ran out and how much was used",
     );
-    t.match(run.stderr, /hint: .*--image-size/, "names the option that gives more");
+    t.match(run.stderr, /hint: .*--image-size \(now 100 MiB\)/, "names the option that gives more, and its value");
     t.notMatch(run.stderr, /\n\s+at /, "no stack trace");
     t.equal(await readFile(join(dir, "out", "img.raw"), "utf8"), "the older image\n", "the older image is untouched");
 
