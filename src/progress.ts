@@ -254,6 +254,8 @@ export function createView(rawOut: Writable, o: ViewOptions) {
     if (e.type === "step-start") {
       current = { step: e.step, where: e.where, since: now() };
       progress = undefined;
+      // A download that never reported its end (it failed, and the build went on without it) leaves the line.
+      download = undefined;
     } else if (e.type === "step-end") {
       done.add(e.step);
     } else if (e.type === "output" && current) {

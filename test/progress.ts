@@ -177,6 +177,19 @@ t.test("a download on a terminal: a progress bar with bytes, rate, ETA and files
 });
 
 t.test(
+  "a download that never ends (it failed; the build went on) gives the status line back at the next step",
+  async (t) => {
+    const out = new Sink();
+    const view = createView(out, { json: false, quiet: false, tty: true, columns: 200, now: () => 5000 });
+    view.onEvent({ type: "download", what: "debootstrap packages", done: 1, total: 10, files: 2, filesDone: 0 });
+    t.match(out.text, /downloading debootstrap packages/);
+    view.onEvent({ type: "step-start", step: "prepare", where: "appliance" });
+    t.ok(out.text.endsWith(`\r${ESC}[K[0:00]  prepare (appliance)`), "the step, not the dead download");
+    view.close();
+  },
+);
+
+t.test(
   "a download on a pipe: a plain line every 10 s and one at the end, no escape codes; --json: one a second",
   async (t) => {
     const out = new Sink();
