@@ -64,7 +64,7 @@ async function build(ctx: CommandContext, args: string[]): Promise<number> {
       if (line) meter.line(line);
     },
     ...(values.init ? { initPath: values.init } : {}),
-  });
+  }).finally(() => meter.close()); // a failed download's bar must not stay in front of the error message
   const m = a.manifest;
   ctx.stdout.write(
     [

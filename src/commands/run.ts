@@ -92,7 +92,7 @@ export async function bootFromCli(ctx: CommandContext, options: VmOptions): Prom
       const line = formatEvent(e);
       if (line) say(line);
     },
-  });
+  }).finally(() => meter.close()); // a failed download's bar must not stay in front of the error message
   say(`appliance ${appliance.key} (${appliance.reused ? "cached" : "built"})`);
   const accel = await chooseAccel({ qemu, kernel: bootKernel(appliance), override: options.accel, env: ctx.env });
   say(`accelerator ${accel.accel}: ${accel.reason}${accel.cached ? " (remembered)" : ""}`);
