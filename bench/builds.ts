@@ -190,7 +190,7 @@ function target(env: NodeJS.ProcessEnv): { mirror: string; release: string } {
 /** `vmdib build --json …` as the current user with its own cache directory; throws unless it built. */
 async function vmdibBuild(
   args: readonly string[],
-  o: { env: NodeJS.ProcessEnv; cache: string; cwd: string; elementsPath?: string },
+  o: { env: NodeJS.ProcessEnv; cache: string; cwd: string; elementsPath?: string; signal?: AbortSignal | undefined },
 ): Promise<VmdibRun> {
   const { mirror, release } = target(o.env);
   const env: NodeJS.ProcessEnv = {
@@ -207,6 +207,7 @@ async function vmdibBuild(
     cwd: o.cwd,
     timeoutMs: VMDIB_BUILD_TIMEOUT_MS,
     rss: true,
+    ...(o.signal ? { signal: o.signal } : {}),
   });
   const events = parseBuildEvents(ran.lines.map((l) => l.text));
   if (ran.code !== 0) {
@@ -261,7 +262,7 @@ function nativeDibWorkload(name: string, o: BuildGroupOptions, sizes: Map<string
       target(o.env);
       prefix = await rootPrefix(o.env);
     },
-    async run(round) {
+    async run(round, signal) {
       const { mirror, release } = target(o.env);
       dir = await mkdtemp(join(tmpdir(), `vmdib-bench-dib-${round}-`));
       const env = { ...dibEnv(mirror, release), DIB_IMAGE_CACHE: join(dir, "cache") };
@@ -272,6 +273,7 @@ function nativeDibWorkload(name: string, o: BuildGroupOptions, sizes: Map<string
           env: prefix?.length ? o.env : { ...o.env, ...env },
           cwd: dir,
           timeoutMs: NATIVE_DIB_TIMEOUT_MS,
+          ...(signal ? { signal } : {}),
         });
         if (r.code !== 0) throw new Error(`disk-image-create failed (exit ${r.code}): ${tail(r, 3)}`);
         const tar = await stat(`${out}.tar`).catch(() => undefined);
@@ -385,11 +387,11 @@ export function w1Group(o: BuildGroupOptions): Group {
       async prepare() {
         target(env);
       },
-      async run(round): Promise<RunResult> {
+      async run(round, signal): Promise<RunResult> {
         await dropWork();
         const dir = await mkdtemp(join(tmpdir(), `vmdib-bench-w1-${round}-`));
         work = { dir, cache: join(dir, "cache") };
-        const r = await vmdibBuild(qcow2Args(join(dir, "out", "cold")), { env, cache: work.cache, cwd: dir });
+        const r = await vmdibBuild(qcow2Args(join(dir, "out", "cold")), { env, cache: work.cache, cwd: dir, signal });
         if (!r.events.applianceBuilt) throw new Error("the cold cache already held an appliance");
         record("w1-cold", r);
         return {
@@ -403,9 +405,9 @@ export function w1Group(o: BuildGroupOptions): Group {
       describe:
         "the same command again with the cold build's cache: appliance (snapshot restore), debootstrap stage one and " +
         "the tree after post-root.d all cached — the tree cache must hit (the run fails otherwise).",
-      async run(): Promise<RunResult> {
+      async run(_round, signal): Promise<RunResult> {
         const w = needWork();
-        const r = await vmdibBuild(qcow2Args(join(w.dir, "out", "warm")), { env, cache: w.cache, cwd: w.dir });
+        const r = await vmdibBuild(qcow2Args(join(w.dir, "out", "warm")), { env, cache: w.cache, cwd: w.dir, signal });
         if (r.events.treeCache !== "hit") throw new Error(`the warm build's tree cache: ${r.events.treeCache ?? "?"}`);
         record("w1-warm", r);
         return { ms: { total: r.ran.ms } };
@@ -422,7 +424,7 @@ export function w1Group(o: BuildGroupOptions): Group {
           throw new NotMeasured(`vmdib's elements have no ${EDITED_SCRIPT.element}/${EDITED_SCRIPT.script} to edit`);
         });
       },
-      async run(round): Promise<RunResult> {
+      async run(round, signal): Promise<RunResult> {
         const w = needWork();
         const elements = join(w.dir, `elements-${round}`);
         const copy = join(elements, EDITED_SCRIPT.element);
@@ -436,6 +438,7 @@ export function w1Group(o: BuildGroupOptions): Group {
           cache: w.cache,
           cwd: w.dir,
           elementsPath: elements,
+          signal,
         });
         if (r.events.treeCache !== "miss")
           throw new Error(`the edited build's tree cache: ${r.events.treeCache ?? "?"}`);
@@ -539,13 +542,14 @@ export function w2Group(o: BuildGroupOptions): Group {
       async prepare() {
         target(env);
       },
-      async run(round): Promise<RunResult> {
+      async run(round, signal): Promise<RunResult> {
         const dir = await mkdtemp(join(tmpdir(), `vmdib-bench-w2-${round}-`));
         try {
           const r = await vmdibBuild(["-o", join(dir, "out", "w2"), "-t", "tar", "debian-minimal"], {
             env,
             cache: join(dir, "cache"),
             cwd: dir,
+            signal,
           });
           runs.set("w2-vmdib-cold", r);
           if (r.ran.peakRssKb !== undefined)
@@ -587,7 +591,7 @@ export function w2Group(o: BuildGroupOptions): Group {
           throw err;
         }
       },
-      async run(round): Promise<RunResult> {
+      async run(round, signal): Promise<RunResult> {
         if (!vdib) throw new Error("not prepared");
         const { mirror, release } = target(env);
         const settings = dibEnv(mirror, release);
@@ -611,7 +615,12 @@ export function w2Group(o: BuildGroupOptions): Group {
             join(vdib.dir, `out-${round}`),
             "debian-minimal",
           ],
-          { env: { ...vdib.env, ...settings, LIBGUESTFS_CACHEDIR: cache }, cwd: vdib.dir, timeoutMs: PEER_TIMEOUT_MS },
+          {
+            env: { ...vdib.env, ...settings, LIBGUESTFS_CACHEDIR: cache },
+            cwd: vdib.dir,
+            timeoutMs: PEER_TIMEOUT_MS,
+            ...(signal ? { signal } : {}),
+          },
         );
         const lines = r.lines.map((l) => l.text);
         const last = lines.filter((l) => /^\[\s*[\d.]+\] /.test(l)).pop();
@@ -665,7 +674,7 @@ export function w2Group(o: BuildGroupOptions): Group {
           throw err;
         }
       },
-      async run(round): Promise<RunResult> {
+      async run(round, signal): Promise<RunResult> {
         if (!debos) throw new Error("not prepared");
         const ms: Record<string, number> = {};
         const told: string[] = [];
@@ -676,6 +685,7 @@ export function w2Group(o: BuildGroupOptions): Group {
             env: debos.env,
             cwd: debos.dir,
             timeoutMs: PEER_TIMEOUT_MS,
+            ...(signal ? { signal } : {}),
           });
           ms[backend] = r.ms;
           const lines = r.lines.map((l) => l.text.replace(/^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d /, ""));

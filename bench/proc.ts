@@ -33,6 +33,8 @@ export interface RunOptions {
   readonly cwd?: string;
   /** Poll /proc/<pid>/status for VmHWM while it runs. */
   readonly rss?: boolean;
+  /** Aborting stops the tool as a timeout does (SIGTERM, then SIGKILL). */
+  readonly signal?: AbortSignal;
 }
 
 /** The first executable `cmd` in PATH (then in `extra`), or undefined. */
@@ -96,12 +98,19 @@ export function runTimed(cmd: string, args: readonly string[], o: RunOptions): P
     let killer: NodeJS.Timeout | undefined;
     // Our own child only, by pid: a hung run must not stall the whole bench. SIGTERM first, so that vmdib (or sudo,
     // which passes it on) can stop what it started.
-    const timer = setTimeout(() => {
-      timedOut = true;
+    const stop = () => {
+      if (killer) return;
       child.kill("SIGTERM");
       killer = setTimeout(() => child.kill("SIGKILL"), TERM_GRACE_MS);
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stop();
     }, o.timeoutMs);
+    if (o.signal?.aborted) stop();
+    o.signal?.addEventListener("abort", stop, { once: true });
     const done = () => {
+      o.signal?.removeEventListener("abort", stop);
       clearTimeout(timer);
       if (killer) clearTimeout(killer);
       if (poll) clearInterval(poll);

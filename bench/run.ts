@@ -30,9 +30,7 @@ function machineLine(): string {
 /** How this run was started, as a reader would repeat it. */
 function commandLine(argv: readonly string[], env: NodeJS.ProcessEnv): string {
   if (env.MAKELEVEL) {
-    const vars = ["BENCH", "ROUNDS", "BENCH_COLD_NETWORK"]
-      .filter((k) => env[k])
-      .map((k) => ` ${k}=${env[k]}`);
+    const vars = ["BENCH", "ROUNDS", "BENCH_COLD_NETWORK"].filter((k) => env[k]).map((k) => ` ${k}=${env[k]}`);
     return `make bench${vars.join("")}`;
   }
   return ["node dist/bench/run.js", ...argv].join(" ");
@@ -65,12 +63,24 @@ async function main(): Promise<number> {
   const commit = await commitOf(env);
   log(`load average at start: ${loadStart.map((x) => x.toFixed(2)).join(" ")}`);
 
+  // Ctrl-C or a kill stops the running tool and the rounds after it, and still writes what was measured; groups
+  // that did not start keep their old sections. A second signal ends the bench at once.
+  const interrupt = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (interrupt.signal.aborted) process.exit(130);
+    log(`${sig}: stopping the current run; the report keeps what was measured (again to quit at once)`);
+    interrupt.abort();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+
   const results = [];
   for (const sel of selection) {
+    if (interrupt.signal.aborted) break;
     const group = GROUPS.find((g) => g.name === sel.group) as Group;
     const rounds = opts.rounds ?? group.defaultRounds ?? DEFAULT_ROUNDS;
     log(`group ${group.name}: ${rounds} round${rounds === 1 ? "" : "s"}`);
-    results.push(await runGroup(group, { rounds, only: new Set(sel.workloads), log }));
+    results.push(await runGroup(group, { rounds, only: new Set(sel.workloads), log, signal: interrupt.signal }));
   }
 
   const vm = await shared().catch(() => undefined);
@@ -102,7 +112,7 @@ async function main(): Promise<number> {
     for (const v of r.verdicts ?? []) process.stdout.write(`${r.group}: Goal: ${v}\n`);
     for (const [w, why] of Object.entries(r.skipped)) process.stdout.write(`${r.group}: ${w} not measured: ${why}\n`);
   }
-  return 0;
+  return interrupt.signal.aborted ? 130 : 0;
 }
 
 main().then(

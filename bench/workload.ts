@@ -25,8 +25,8 @@ export interface Workload {
   readonly describe: string;
   /** Once, before the rounds (not timed). Throw NotMeasured when the workload cannot run on this host. */
   prepare?(): Promise<void>;
-  /** One timed run. */
-  run(round: number): Promise<RunResult>;
+  /** One timed run; `signal` aborts when the bench is interrupted (stop what was started, then reject). */
+  run(round: number, signal?: AbortSignal): Promise<RunResult>;
   /** Once, after the rounds, whatever happened. */
   cleanup?(): Promise<void>;
 }
@@ -107,12 +107,18 @@ export interface RunGroupOptions {
   /** Only these workloads of the group (undefined: all); see selectWorkloads in args.ts. */
   readonly only?: ReadonlySet<string>;
   readonly log: (line: string) => void;
+  /** The bench was interrupted: the current run is told, later ones are not started, the result keeps the rest. */
   readonly signal?: AbortSignal;
 }
+
+const INTERRUPTED = "the bench was interrupted (SIGINT/SIGTERM) before it ran";
+const STOPPED = (round: number) =>
+  `The bench was interrupted in round ${round}: the rows show what was measured before that.`;
 
 /**
  * Prepare the group's workloads, run them interleaved for `rounds` rounds, clean up. A workload that fails to
  * prepare is recorded as not measured; one that fails a run is dropped from the remaining rounds with the reason.
+ * An interrupted bench (opts.signal) keeps what was measured: the running workload and those after it are marked.
  */
 export async function runGroup(group: Group, opts: RunGroupOptions): Promise<GroupResult> {
   const all = group.workloads();
@@ -123,9 +129,13 @@ export async function runGroup(group: Group, opts: RunGroupOptions): Promise<Gro
   const ready: Workload[] = [];
   const prepared: Workload[] = [];
   let facts: GroupFacts = { tables: [], notes: [] };
+  let stoppedIn: number | undefined;
   try {
     for (const w of chosen) {
-      opts.signal?.throwIfAborted();
+      if (opts.signal?.aborted) {
+        skipped[w.name] = INTERRUPTED;
+        continue;
+      }
       opts.log(`[${group.name}] preparing ${w.name}`);
       try {
         await w.prepare?.();
@@ -141,12 +151,17 @@ export async function runGroup(group: Group, opts: RunGroupOptions): Promise<Gro
       ready.map((w) => w.name),
       opts.rounds,
     )) {
-      opts.signal?.throwIfAborted();
       const w = byName.get(name);
       if (!w || skipped[name]) continue;
+      if (opts.signal?.aborted) {
+        // A workload measured in earlier rounds keeps its samples; the note says the later rounds are missing.
+        if (!samples[name]) skipped[name] = INTERRUPTED;
+        stoppedIn ??= round;
+        continue;
+      }
       opts.log(`[${group.name}] round ${round}/${opts.rounds}: ${name}`);
       try {
-        const r = await w.run(round);
+        const r = await w.run(round, opts.signal);
         const per = samples[name] ?? {};
         samples[name] = per;
         for (const [metric, ms] of Object.entries(r.ms)) per[metric] = [...(per[metric] ?? []), ms];
@@ -157,11 +172,16 @@ export async function runGroup(group: Group, opts: RunGroupOptions): Promise<Gro
             .join(", ")}`,
         );
       } catch (err) {
-        opts.signal?.throwIfAborted();
+        if (opts.signal?.aborted) {
+          if (!samples[name]) skipped[name] = "interrupted: the bench was stopped (SIGINT/SIGTERM) while it ran";
+          stoppedIn ??= round;
+          continue;
+        }
         skipped[name] = `failed in round ${round}: ${reasonOf(err)}`;
         opts.log(`[${group.name}] ${name} ${skipped[name]}`);
       }
     }
+    if (stoppedIn !== undefined) notes.push(STOPPED(stoppedIn));
     // Before cleanup: facts may look at what the workloads made (caches, appliances).
     facts = group.facts ? await group.facts() : facts;
   } finally {

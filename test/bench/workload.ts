@@ -85,3 +85,40 @@ t.test("runGroup: interleaved runs, samples per metric, skips and failures, clea
   t.equal(r.describe.unselected, "unselected does things", "every workload is described, run or not");
   t.equal(r.rounds, 3);
 });
+
+t.test(
+  "runGroup interrupted: what ran is kept, the running and later workloads are marked, cleanup and facts run",
+  async (t) => {
+    const events: string[] = [];
+    const stop = new AbortController();
+    const w = (name: string, run: Workload["run"]): Workload => ({
+      name,
+      describe: name,
+      run,
+      async cleanup() {
+        events.push(`cleanup ${name}`);
+      },
+    });
+    const r = await runGroup(
+      group(
+        [
+          w("a", async () => ({ ms: { total: 5 } })),
+          w("b", async (_round, signal) => {
+            stop.abort();
+            t.equal(signal?.aborted, true, "the running workload is told");
+            throw new Error("killed");
+          }),
+          w("c", async () => ({ ms: { total: 1 } })),
+        ],
+        events,
+      ),
+      { rounds: 2, log: () => {}, signal: stop.signal },
+    );
+    t.same(r.samples, { a: { total: [5] } }, "round 1 of a is kept; nothing runs after the interrupt");
+    t.match(r.skipped.b ?? "", /^interrupted: the bench was stopped/);
+    t.match(r.skipped.c ?? "", /interrupted .* before it ran/);
+    t.notOk(r.skipped.a, "a keeps its samples, with no 'not measured'");
+    t.match(r.notes.join("\n"), /interrupted in round 1/);
+    t.same(events, ["facts", "cleanup c", "cleanup b", "cleanup a"]);
+  },
+);
