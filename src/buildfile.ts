@@ -52,11 +52,18 @@ export const BUILD_FILE_KEYS: Readonly<Record<string, KeySpec>> = {
 /** A value as the settings table takes it: a string for value rows, a boolean for flags, a count, or list items. */
 export type SettingValue = string | boolean | number | readonly string[];
 
-/** One image to build: one entry of the file, or several DIB merged because they share an imagename. */
-export interface BuildFileImage {
+/** An entry of a build file: the file and its 1-based position in the file's list. */
+export interface EntryRef {
   readonly file: string;
-  /** 1-based positions in the file of the entries that make this image (DIB merges entries per imagename). */
-  readonly entries: readonly number[];
+  readonly index: number;
+}
+
+/** One image to build: one entry of a file, or several DIB merged because they share an imagename. */
+export interface BuildFileImage {
+  /** The file of its first entry. */
+  readonly file: string;
+  /** The entries that make this image (DIB merges entries per imagename, across all the files given). */
+  readonly entries: readonly EntryRef[];
   /** Line of its first entry. */
   readonly line: number;
   /** The image name: the entry's imagename, else the one before it (DIB), else the default. */
@@ -69,25 +76,99 @@ export interface BuildFileImage {
 }
 
 /** "images.yaml entry 2 (line 7, imagename 'b')": how messages name an image of a build file. */
-export function describeImage(image: Pick<BuildFileImage, "file" | "entries" | "line" | "imageName">): string {
-  const which = image.entries.length > 1 ? `entries ${image.entries.join(", ")}` : `entry ${image.entries[0]}`;
-  return `${image.file} ${which} (line ${image.line}, imagename '${image.imageName}')`;
+export function describeImage(image: Pick<BuildFileImage, "entries" | "line" | "imageName">): string {
+  const files = [...new Set(image.entries.map((e) => e.file))];
+  const which = files.map((file) => {
+    const indexes = image.entries.filter((e) => e.file === file).map((e) => e.index);
+    return `${file} ${indexes.length > 1 ? "entries" : "entry"} ${indexes.join(", ")}`;
+  });
+  return `${which.join(" + ")} (line ${image.line}, imagename '${image.imageName}')`;
 }
 
-interface RawEntry {
-  readonly index: number;
+interface RawEntry extends EntryRef {
   readonly line: number;
   readonly values: Map<string, unknown>;
 }
 
 const HINT = "a build file is a YAML list of images, as DIB's diskimage-builder reads it; see `vmdib help build`";
 
-/**
- * The images a build file asks for (pure). `defaultImageName` is the name entries without an imagename get before
- * any entry names one (DIB: "image"; vmdib: -o when given). Throws UsageError naming the file, the entry, the line
- * and the key for anything DIB's schema would refuse, and for what vmdib cannot build (ramdisk images).
- */
+/** The images one build file asks for (pure): parseBuildFiles of that file alone. */
 export function parseBuildFile(text: string, file: string, defaultImageName = "image"): BuildFileImage[] {
+  return parseBuildFiles([{ name: file, text }], defaultImageName);
+}
+
+/**
+ * The images build files ask for (pure), their entries taken as one list in order, as DIB does with several files.
+ * `defaultImageName` is the name entries without an imagename get before any entry names one (DIB: "image"; vmdib:
+ * -o when given). Throws UsageError naming the file, the entry, the line and the key for anything DIB's schema would
+ * refuse, and for what vmdib cannot build (ramdisk images).
+ */
+export function parseBuildFiles(
+  files: readonly { readonly name: string; readonly text: string }[],
+  defaultImageName = "image",
+): BuildFileImage[] {
+  const raw = files.flatMap((f) => readEntries(f.text, f.name));
+  // DIB: an entry without imagename continues the one before; entries with the same imagename are merged into one
+  // image (lists appended, maps updated, other values replaced).
+  const merged = new Map<string, { entries: EntryRef[]; line: number; values: Map<string, unknown> }>();
+  let previous = defaultImageName;
+  for (const e of raw) {
+    const name = (e.values.get("imagename") as string | undefined) ?? previous;
+    previous = name;
+    const ref = { file: e.file, index: e.index };
+    const into = merged.get(name);
+    if (!into) {
+      merged.set(name, { entries: [ref], line: e.line, values: new Map(e.values) });
+      continue;
+    }
+    into.entries.push(ref);
+    for (const [k, v] of e.values) {
+      const before = into.values.get(k);
+      if (Array.isArray(v)) into.values.set(k, [...((before as unknown[] | undefined) ?? []), ...v]);
+      else if (typeof v === "object" && v !== null)
+        into.values.set(k, { ...((before as object | undefined) ?? {}), ...(v as object) });
+      else into.values.set(k, v);
+    }
+  }
+
+  return [...merged].map(([imageName, m]) => {
+    const where = describeImage({ entries: m.entries, line: m.line, imageName });
+    if (m.values.get("ramdisk") === true)
+      throw new UsageError(`${where}: ramdisk images (DIB's ramdisk-image-create) are not supported by vmdib`, {
+        hint: "build a disk image instead (drop `ramdisk: true`)",
+      });
+    const elements = (m.values.get("elements") as string[] | undefined) ?? [];
+    if (elements.length === 0)
+      throw new UsageError(`${where}: no elements: every image needs 'elements', a list with at least one element`, {
+        hint: "for example: elements: [vm, debian-minimal]",
+      });
+    const settings: Partial<Record<keyof BuildOptions, SettingValue>> = {};
+    for (const [key, value] of m.values) {
+      const spec = BUILD_FILE_KEYS[key];
+      if (!spec?.setting) continue;
+      if (spec.setting === "qemuImgOptions" && typeof value === "object" && !Array.isArray(value)) {
+        // DIB's ArgDictToString: {a: b, c: d} → "a=b,c=d".
+        settings.qemuImgOptions = Object.entries(value as Record<string, string>)
+          .map(([k, v]) => `${k}=${v}`)
+          .join(",");
+      } else if (spec.setting === "compress") settings.compress = value !== true;
+      else settings[spec.setting] = value as SettingValue;
+    }
+    settings.imageName = imageName;
+    return {
+      file: m.entries[0]?.file ?? "",
+      entries: m.entries,
+      line: m.line,
+      imageName,
+      settings,
+      environment: (m.values.get("environment") as Record<string, string> | undefined) ?? {},
+      elements,
+    };
+  });
+}
+
+/** One file's entries, each checked key by key. */
+function readEntries(text: string, file: string): RawEntry[] {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, uniqueKeys: true });
   const syntax = doc.errors[0];
@@ -114,65 +195,10 @@ export function parseBuildFile(text: string, file: string, defaultImageName = "i
       throw new UsageError(`${file} entry ${index} (line ${lineOf(node)}): an image must be a mapping of keys`, {
         hint: "for example:\n  - imagename: out/debian\n    elements: [vm, debian-minimal]",
       });
-    return { index, line: lineOf(node), values: entryValues(node as YAMLMap, file, index, lineOf) };
+    return { file, index, line: lineOf(node), values: entryValues(node as YAMLMap, file, index, lineOf) };
   });
 
-  // DIB: an entry without imagename continues the one before; entries with the same imagename are merged into one
-  // image (lists appended, maps updated, other values replaced).
-  const merged = new Map<string, { entries: number[]; line: number; values: Map<string, unknown> }>();
-  let previous = defaultImageName;
-  for (const e of raw) {
-    const name = (e.values.get("imagename") as string | undefined) ?? previous;
-    previous = name;
-    const into = merged.get(name);
-    if (!into) {
-      merged.set(name, { entries: [e.index], line: e.line, values: new Map(e.values) });
-      continue;
-    }
-    into.entries.push(e.index);
-    for (const [k, v] of e.values) {
-      const before = into.values.get(k);
-      if (Array.isArray(v)) into.values.set(k, [...((before as unknown[] | undefined) ?? []), ...v]);
-      else if (typeof v === "object" && v !== null)
-        into.values.set(k, { ...((before as object | undefined) ?? {}), ...(v as object) });
-      else into.values.set(k, v);
-    }
-  }
-
-  return [...merged].map(([imageName, m]) => {
-    const where = describeImage({ file, entries: m.entries, line: m.line, imageName });
-    if (m.values.get("ramdisk") === true)
-      throw new UsageError(`${where}: ramdisk images (DIB's ramdisk-image-create) are not supported by vmdib`, {
-        hint: "build a disk image instead (drop `ramdisk: true`)",
-      });
-    const elements = (m.values.get("elements") as string[] | undefined) ?? [];
-    if (elements.length === 0)
-      throw new UsageError(`${where}: no elements: every image needs 'elements', a list with at least one element`, {
-        hint: "for example: elements: [vm, debian-minimal]",
-      });
-    const settings: Partial<Record<keyof BuildOptions, SettingValue>> = {};
-    for (const [key, value] of m.values) {
-      const spec = BUILD_FILE_KEYS[key];
-      if (!spec?.setting) continue;
-      if (spec.setting === "qemuImgOptions" && typeof value === "object" && !Array.isArray(value)) {
-        // DIB's ArgDictToString: {a: b, c: d} → "a=b,c=d".
-        settings.qemuImgOptions = Object.entries(value as Record<string, string>)
-          .map(([k, v]) => `${k}=${v}`)
-          .join(",");
-      } else if (spec.setting === "compress") settings.compress = value !== true;
-      else settings[spec.setting] = value as SettingValue;
-    }
-    settings.imageName = imageName;
-    return {
-      file,
-      entries: m.entries,
-      line: m.line,
-      imageName,
-      settings,
-      environment: (m.values.get("environment") as Record<string, string> | undefined) ?? {},
-      elements,
-    };
-  });
+  return raw;
 }
 
 /** One entry's keys, each checked against BUILD_FILE_KEYS and turned into a plain value. */

@@ -1,6 +1,6 @@
 // Build files (src/buildfile.ts): DIB's keys and merging rules, and every bad file refused with file, entry, line, key.
 import t from "tap";
-import { describeImage, parseBuildFile } from "../src/buildfile.js";
+import { describeImage, parseBuildFile, parseBuildFiles } from "../src/buildfile.js";
 import { imageOptions, parseArgv } from "../src/config.js";
 import { UsageError } from "../src/errors.js";
 
@@ -76,7 +76,11 @@ t.test(
       "f.yaml",
     );
     t.equal(images.length, 2);
-    t.same(images[0]?.entries, [1, 2, 4], "entries 1, 2 and 4 are the image 'image'");
+    t.same(
+      images[0]?.entries.map((e) => e.index),
+      [1, 2, 4],
+      "entries 1, 2 and 4 are the image 'image'",
+    );
     t.same(images[0]?.elements, ["vm", "debian-minimal"], "lists are appended");
     t.same(images[0]?.environment, { A: "2", B: "3" }, "maps are updated");
     t.same(images[0]?.settings.types, ["raw"]);
@@ -85,6 +89,31 @@ t.test(
     t.equal(parseBuildFile("- elements: [x]\n", "f", "out/cli")[0]?.imageName, "out/cli", "the default name (-o)");
   },
 );
+
+t.test("several files are one list of entries, as DIB reads them", async (t) => {
+  const images = parseBuildFiles([
+    { name: "a.yaml", text: "- imagename: x\n  elements: [vm]\n- imagename: y\n  elements: [vm]\n" },
+    { name: "b.yaml", text: "- elements: [debian-minimal]\n- imagename: z\n  elements: [vm]\n" },
+  ]);
+  t.same(
+    images.map((i) => [i.imageName, i.elements]),
+    [
+      ["x", ["vm"]],
+      ["y", ["vm", "debian-minimal"]],
+      ["z", ["vm"]],
+    ],
+    "b.yaml's first entry continues a.yaml's last image",
+  );
+  t.equal(describeImage(images[1] as never), "a.yaml entry 2 + b.yaml entry 1 (line 3, imagename 'y')");
+  t.throws(
+    () =>
+      parseBuildFiles([
+        { name: "a.yaml", text: "- imagename: x\n  elements: [vm]\n" },
+        { name: "b.yaml", text: "- imagename: z\n  bogus: 1\n" },
+      ]),
+    /^b\.yaml entry 1 \('z'\), line 2: unknown key 'bogus'/,
+  );
+});
 
 t.test("a syntax error names the file, line and column", async (t) => {
   const err = refusal("- imagename: a\n  elements: [x\n- imagename: b\n");

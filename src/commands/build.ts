@@ -8,7 +8,7 @@ import { execa } from "execa";
 import { type BlockDeviceConfig, loadBlockDeviceConfig } from "../blockdev/config.js";
 import { blockDeviceInitInfo, describeBlockDevicePlan, planBlockDevice } from "../blockdev/graph.js";
 import { GiB } from "../blockdev/size.js";
-import { describeImage, parseBuildFile } from "../buildfile.js";
+import { describeImage, parseBuildFiles } from "../buildfile.js";
 import {
   commitTree,
   digestDir,
@@ -154,7 +154,7 @@ function prefixed(err: unknown, label: string): unknown {
  * boots), then built one after another in one helper VM. The command line's settings are each image's defaults.
  */
 async function runBuildFiles(cli: ParsedArgs, runOptions: BuildOptions, ctx: CommandContext): Promise<number> {
-  const images: PlannedImage[] = [];
+  const files: { name: string; text: string }[] = [];
   for (const file of runOptions.files) {
     const text = await readFile(resolve(ctx.cwd, file), "utf8").catch((err: NodeJS.ErrnoException) => {
       throw new UsageError(`cannot read the build file ${file} (${err.code ?? err.message})`, {
@@ -162,19 +162,22 @@ async function runBuildFiles(cli: ParsedArgs, runOptions: BuildOptions, ctx: Com
         cause: err,
       });
     });
-    const cliName = cli.values.get("imageName");
-    for (const image of parseBuildFile(text, file, typeof cliName === "string" ? cliName : undefined)) {
-      const label = describeImage(image);
-      // The entry's environment is this image's only: each image starts again from the host's.
-      const env = { ...ctx.env, ...image.environment };
-      try {
-        const options = imageOptions(cli, env, image, label);
-        const planned = await planBuild(options, { env, cwd: ctx.cwd });
-        for (const w of planned.warnings) ctx.stderr.write(`vmdib: warning: ${label}: ${w}\n`);
-        images.push({ ...planned, options, label });
-      } catch (err) {
-        throw prefixed(err, label);
-      }
+    files.push({ name: file, text });
+  }
+  const cliName = cli.values.get("imageName");
+  const images: PlannedImage[] = [];
+  // Several files are one list of entries, as DIB reads them.
+  for (const image of parseBuildFiles(files, typeof cliName === "string" ? cliName : undefined)) {
+    const label = describeImage(image);
+    // The entry's environment is this image's only: each image starts again from the host's.
+    const env = { ...ctx.env, ...image.environment };
+    try {
+      const options = imageOptions(cli, env, image, label);
+      const planned = await planBuild(options, { env, cwd: ctx.cwd });
+      for (const w of planned.warnings) ctx.stderr.write(`vmdib: warning: ${label}: ${w}\n`);
+      images.push({ ...planned, options, label });
+    } catch (err) {
+      throw prefixed(err, label);
     }
   }
   const owner = new Map<string, string>();
