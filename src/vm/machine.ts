@@ -347,7 +347,10 @@ async function startOn(
         `${mode === "restore" ? "restoring the appliance snapshot in" : "starting"} QEMU (${opts.accel.accel}), ssh forwarded from 127.0.0.1:${sshPort}`,
       );
       const t0 = performance.now();
-      const child: Qemu = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], cwd: runDir });
+      // detached: QEMU in its own process group, so a Ctrl-C on the user's terminal reaches only vmdib, which then
+      // stops the build in order (exit 130) instead of QEMU quitting under the running step. Parent death is still
+      // covered by --pdeathsig and the lifeline.
+      const child: Qemu = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], cwd: runDir, detached: true });
       let stderr = "";
       child.stderr.on("data", (d: Buffer) => {
         stderr = (stderr + d.toString()).slice(-8192);
