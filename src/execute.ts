@@ -362,7 +362,9 @@ async function executePlan(
         code = await machine.exec(argv, { stdout, stderr, signal: deps.signal });
       } catch (err) {
         // The VM died or stopped answering mid-step: name the step and the script that was running, with its last lines.
-        if (deps.signal?.aborted || !(err instanceof VmdibError)) throw err;
+        // Interrupted: say so (the VM may have gone down with the same signal), not that the VM died.
+        if (deps.signal?.aborted) throw deps.signal.reason ?? err;
+        if (!(err instanceof VmdibError)) throw err;
         const running = tail
           .map((l) => /dib-run-parts Running (\S+)/.exec(l)?.[1])
           .filter(Boolean)

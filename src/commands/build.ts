@@ -217,6 +217,40 @@ async function runBuildFiles(cli: ParsedArgs, runOptions: BuildOptions, ctx: Com
 }
 
 /** How one image of the run went, for the summary at the end. */
+/**
+ * Runs the host's qemu-img (`convert` and the like) with -p, turning its "(NN.NN/100%)" lines into progress. A
+ * failure is the user's to fix (an option the format does not take, a full disk), so it says qemu-img's reason.
+ */
+export async function runQemuImg(
+  [verb = "convert", ...rest]: readonly string[],
+  signal?: AbortSignal,
+  onProgress?: (fraction: number) => void,
+): Promise<void> {
+  const child = execa("qemu-img", [verb, "-p", ...rest], {
+    cancelSignal: signal,
+    stdin: "ignore",
+    reject: false,
+  });
+  child.stdout?.on("data", (chunk: Buffer) => {
+    const all = [...chunk.toString().matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)];
+    const last = all[all.length - 1]?.[1];
+    if (last !== undefined) onProgress?.(Number(last) / 100);
+  });
+  const r = await child;
+  if (r.isCanceled && signal?.reason) throw signal.reason;
+  if (!r.failed) return;
+  const missing = r.code === "ENOENT";
+  const reason = missing
+    ? "qemu-img is not installed"
+    : (String(r.stderr).trim().split("\n").pop() ?? `exit code ${r.exitCode}`).replace(/^qemu-img: /, "");
+  throw new VmdibError(`qemu-img ${verb} failed: ${reason}`, {
+    context: [`qemu-img ${shellJoin([verb, "-p", ...rest])}`],
+    hint: missing
+      ? "install it: apt-get install qemu-utils (Debian/Ubuntu), brew install qemu (macOS)"
+      : "check --qemu-img-options (DIB's QEMU_IMG_OPTIONS): each output type takes only its own format's options",
+  });
+}
+
 export interface ImageResult {
   readonly name: string;
   readonly label: string | undefined;
@@ -433,16 +467,7 @@ async function buildImage(
       signal: ctx.signal,
       onEvent: render,
       treeCache,
-      qemuImg: async ([verb = "convert", ...rest], signal, onProgress) => {
-        // -p: qemu-img prints "(NN.NN/100%)" as it goes; the view turns it into a progress bar.
-        const child = execa("qemu-img", [verb, "-p", ...rest], { cancelSignal: signal, stdin: "ignore" });
-        child.stdout?.on("data", (chunk: Buffer) => {
-          const all = [...chunk.toString().matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)];
-          const last = all[all.length - 1]?.[1];
-          if (last !== undefined) onProgress?.(Number(last) / 100);
-        });
-        await child;
-      },
+      qemuImg: runQemuImg,
     });
     ok = true;
   } finally {

@@ -18,7 +18,7 @@ Print a completion script for the shell. To use it:
 `;
 
 /** Options of `vmdib build` whose value is a path (completed as files). */
-const PATH_OPTIONS = ["-o", "--image-cache", "--logfile"];
+const PATH_OPTIONS = ["-o", "-f", "--file", "--image-cache", "--logfile"];
 
 /** The flags of the commands besides build, by command, from their option tables. */
 export async function commandFlags(): Promise<Record<string, string[]>> {

@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { PassThrough, Writable } from "node:stream";
 import t from "tap";
 import { main } from "../../src/cli.js";
+import { runQemuImg } from "../../src/commands/build.js";
+import { VmdibError } from "../../src/errors.js";
 import { PACKAGE_ROOT } from "../../src/paths.js";
 import { vmdib } from "../helpers/cli.js";
 
@@ -210,4 +212,33 @@ t.test("build file --dry-run: each image's plan, the command line's settings as 
   t.equal(a.plan.environment.common.DIB_ONLY_A, "yes");
   t.equal(b.plan.environment.common.DIB_ONLY_A, undefined, "an entry's environment is its own");
   t.notOk(existsSync(join(dir, "out")), "nothing made");
+});
+
+t.test("runQemuImg: progress from -p; a failure says qemu-img's reason and the option to check", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-qemu-img-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const raw = join(dir, "disk.raw");
+  await writeFile(raw, Buffer.alloc(1024 * 1024));
+  const seen: number[] = [];
+  await runQemuImg(["convert", "-f", "raw", "-O", "qcow2", raw, join(dir, "disk.qcow2")], undefined, (f) =>
+    seen.push(f),
+  );
+  t.ok(existsSync(join(dir, "disk.qcow2")), "converted");
+  t.equal(seen.at(-1), 1, "progress reached 100%");
+  const err = await runQemuImg([
+    "convert",
+    "-f",
+    "raw",
+    "-O",
+    "vmdk",
+    "-o",
+    "cluster_size=65536",
+    raw,
+    join(dir, "d.vmdk"),
+  ])
+    .then(() => undefined)
+    .catch((e: unknown) => e);
+  t.ok(err instanceof VmdibError, "a VmdibError, not an internal error");
+  t.match((err as VmdibError).message, /^qemu-img convert failed: .*cluster_size/, (err as VmdibError).message);
+  t.match((err as VmdibError).hint, /--qemu-img-options/);
 });
