@@ -382,6 +382,14 @@ async function executePlan(
       if (code !== 0) {
         const full = await spaceExhausted(machine, tail, options);
         if (full) throw full;
+        if (tail.some((l) => /Total journal size too big for filesystem/.test(l)))
+          throw new VmdibError(
+            `the image's root filesystem is too small for its ${options.journalSizeMb} MiB ext4 journal`,
+            {
+              context: tail,
+              hint: "mke2fs wants the filesystem at least twice the journal: raise --image-size or lower --mkfs-journal-size",
+            },
+          );
         await breakpoint("after-error", plan.steps.find((s) => s.name === step)?.where === "chroot");
         const failed = tail.map((l) => /dib-run-parts (\S+) failed with exit code (\d+)/.exec(l)).find(Boolean);
         const script = failed ? ` (${failed[1]?.replace(/.*\/([^/]+\.d)\//, "$1/")}, exit code ${failed[2]})` : "";

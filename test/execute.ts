@@ -5,6 +5,7 @@ import { execa } from "execa";
 import t, { type Test } from "tap";
 import { planBuild } from "../src/commands/build.js";
 import { parseBuildArgs } from "../src/config.js";
+import type { VmdibError } from "../src/errors.js";
 import {
   type BuildEvent,
   BuildSession,
@@ -286,4 +287,31 @@ t.test("a session: one machine for two builds, the image disk emptied between th
   );
   await session.close();
   t.equal(stops, 1);
+});
+
+t.test("mke2fs refusing the journal: the sizes and the two options, not a bare exit code", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-journal-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const env = { ELEMENTS_PATH: join(PACKAGE_ROOT, "test", "fixtures", "e2e-elements") };
+  const options = parseBuildArgs(["-n", "-o", "out/j", "--image-size", "100M", "tiny-os"], env);
+  const { plan, config } = await planBuild(options, { env, cwd: dir });
+  const session = new BuildSession(join(dir, "session"), [plan], async () => ({
+    exec: async (argv, io) => {
+      if (argv[0] === "test") return 1;
+      if (argv.join(" ").includes("blockdev-setup")) {
+        io.stderr.write("mke2fs 1.47.0 (5-Feb-2023)\n\nTotal journal size too big for filesystem.\n");
+        return 1;
+      }
+      io.stdout.write("VMDIB_BUILT_KIB=2048\n");
+      return 0;
+    },
+    stop: async () => undefined,
+  }));
+  await mkdir(session.workRoot, { recursive: true });
+  const deps = { cwd: dir, signal: new AbortController().signal, onEvent: () => undefined, qemuImg: async () => {} };
+  const err = await session
+    .build(plan, options, config, await makeWorkDir(plan, session.workRoot), deps)
+    .catch((e: unknown) => e as VmdibError);
+  t.match(err, { message: /too small for its 64 MiB ext4 journal/, hint: /--image-size.*--mkfs-journal-size/ });
+  await session.close();
 });
