@@ -212,7 +212,11 @@ async function vmdibBuild(
   const events = parseBuildEvents(ran.lines.map((l) => l.text));
   if (ran.code !== 0) {
     const why = ran.timedOut ? `timed out after ${formatSeconds(ran.ms)}` : `exit ${ran.code}`;
-    throw new Error(`vmdib build ${args.join(" ")}: ${why}: ${events.error ?? tail(ran, 3)}`);
+    // vmdib's own error goes to stderr as plain lines; the JSON events are too long to quote.
+    const plain = ran.lines.map((l) => l.text).filter((l) => !l.startsWith("{"));
+    throw new Error(
+      `vmdib build ${args.join(" ")}: ${why}: ${events.error ?? (plain.slice(-3).join(" / ") || "(no message)")}`,
+    );
   }
   return { events, ran };
 }
