@@ -626,6 +626,8 @@ export function w2Group(o: BuildGroupOptions): Group {
             ...(signal ? { signal } : {}),
           },
         );
+        // Its failure is what is measured, but not one the bench caused by stopping it.
+        if (signal?.aborted) throw new Error("interrupted");
         const lines = r.lines.map((l) => l.text);
         const last = lines.filter((l) => /^\[\s*[\d.]+\] /.test(l)).pop();
         outcomes.set(
@@ -691,6 +693,7 @@ export function w2Group(o: BuildGroupOptions): Group {
             timeoutMs: PEER_TIMEOUT_MS,
             ...(signal ? { signal } : {}),
           });
+          if (signal?.aborted) throw new Error("interrupted");
           ms[backend] = r.ms;
           const lines = r.lines.map((l) => l.text.replace(/^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d /, ""));
           told.push(
