@@ -143,6 +143,11 @@ interface PlannedImage {
   readonly label?: string;
 }
 
+/** DIB_IMAGE_CACHE on the host: --image-cache, else the user's cache. */
+function imageCacheDir(options: BuildOptions, ctx: Pick<CommandContext, "cwd" | "env">): string {
+  return resolve(ctx.cwd, options.imageCache ?? join(cacheDir(ctx.env), "image-create"));
+}
+
 /** Puts where it happened in front of an error's message (the error keeps its class, hint and exit code). */
 function prefixed(err: unknown, label: string): unknown {
   if (err instanceof Error && !err.message.startsWith(label)) err.message = `${label}: ${err.message}`;
@@ -192,9 +197,7 @@ async function runBuildFiles(cli: ParsedArgs, runOptions: BuildOptions, ctx: Com
       owner.set(path, image.label ?? "");
     }
   // One helper VM, one image cache share for all of them.
-  const caches = new Set(
-    images.map((i) => resolve(ctx.cwd, i.options.imageCache ?? join(cacheDir(ctx.env), "image-create"))),
-  );
+  const caches = new Set(images.map((i) => imageCacheDir(i.options, ctx)));
   if (caches.size > 1)
     throw new UsageError(`the images of ${runOptions.files.join(", ")} name different image-cache directories`, {
       hint: "one helper VM shares one download cache: set image-cache once, on the command line",
@@ -216,7 +219,6 @@ async function runBuildFiles(cli: ParsedArgs, runOptions: BuildOptions, ctx: Com
   return await buildImages(images, runOptions, ctx);
 }
 
-/** How one image of the run went, for the summary at the end. */
 /**
  * Runs the host's qemu-img (`convert` and the like) with -p, turning its "(NN.NN/100%)" lines into progress. A
  * failure is the user's to fix (an option the format does not take, a full disk), so it says qemu-img's reason.
@@ -251,6 +253,7 @@ export async function runQemuImg(
   });
 }
 
+/** How one image of the run went, for the summary at the end. */
 export interface ImageResult {
   readonly name: string;
   readonly label: string | undefined;
@@ -285,7 +288,7 @@ async function buildImages(images: readonly PlannedImage[], runOptions: BuildOpt
   const first = images[0];
   if (!first) return 0;
   const run: RunShared = {
-    imageCache: first.options.imageCache ?? join(cacheDir(ctx.env), "image-create"),
+    imageCache: imageCacheDir(first.options, ctx),
     trees: join(cacheDir(ctx.env), "trees"),
     logfiles: new Map(),
     current: undefined,
