@@ -74,6 +74,11 @@ export const FAST_BOOT_KERNEL_ARGS: readonly string[] = [
   // Probing absent legacy UARTs and BIOS disk info takes time and finds nothing.
   "8250.nr_uarts=1",
   "edd=off",
+  // No address-space randomisation in the throwaway helper VM: TCG finds the code it has translated by virtual
+  // address, so a libc mapped somewhere new in every process is translated anew on every exec. Measured in the
+  // appliance under TCG (QEMU 7.2): 500 × /bin/true 10.9 s → 2.5 s, 500 × cp 16.7 s → 4.7 s. Builds are exec-bound
+  // (dpkg, maintainer scripts, mkinitramfs); the images they make are untouched.
+  "norandmaps",
 ];
 
 /** QEMU's option parser splits on commas; a literal comma in a value is written twice. */

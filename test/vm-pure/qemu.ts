@@ -38,7 +38,7 @@ t.test("appliance argv snapshot (tcg, 2 cores)", async (t) => {
     "-initrd",
     "/cache/appliance/k/initrd.img",
     "-append",
-    "console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check cryptomgr.notests 8250.nr_uarts=1 edd=off",
+    "console=ttyS0 panic=-1 quiet tsc=reliable no_timer_check cryptomgr.notests 8250.nr_uarts=1 edd=off norandmaps",
     "-chardev",
     "file,id=serial0,path=/tmp/vmdib-1000/run-x/serial.log",
     "-serial",
