@@ -59,11 +59,11 @@ export interface ExecuteDeps {
 
 /** A cached tree to restore instead of running root.d … post-root.d, or where to save the new one. */
 export interface TreeCacheStep {
-  /** The cached build directory, as a file in the guest. */
-  readonly restoreFrom?: string;
-  /** Where the guest writes the new tree; commit() then makes it the cache entry. */
+  /** The cached build directory, as a file in the guest, and the tree's size when it was saved (sizes the image). */
+  readonly restore?: { readonly file: string; readonly builtKib: number };
+  /** Where the guest writes the new tree; commit() then makes it the cache entry, with the tree's size. */
   readonly saveTo?: string;
-  commit(): Promise<void>;
+  commit(builtKib: number): Promise<void>;
 }
 
 /** Runs a host program and resolves with its stdout; rejects when it fails. */
@@ -445,9 +445,10 @@ mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 6
       "unmount the build tree",
       inGuest(() => phase("unmount", "--all")),
     );
-    const stashed = await buildTree(deps.treeCache, phase, runStep, options, deps);
-    const kib = Number(/VMDIB_BUILT_KIB=(\d+)/.exec(stashed.join("\n"))?.[1]);
-    if (!Number.isFinite(kib)) throw new VmdibError("the guest did not report the size of the built tree");
+    // On a tree cache hit only init runs now: the tree goes straight into the image once its block device is mounted.
+    const restore = deps.treeCache?.restore;
+    const kib = restore ? restore.builtKib : await buildTree(deps.treeCache, phase, runStep, options, deps);
+    if (restore) await phase("init");
     const sizeBytes = imageSizeBytes({
       treeBytes: kib * 1024,
       imageSize: options.imageSize,
@@ -478,11 +479,15 @@ mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 6
     // DIB's eval_run_d: a hook that printed IMAGE_BLOCK_DEVICE= made the device (run-phase saved the line); then
     // the YAML layout is skipped altogether and the hook owns partitions, filesystems and mounts.
     const legacy = (await machine.exec(["test", "-s", legacyEnv], quiet())) === 0;
+    const restoreTree = (file: string, treeDir?: string) =>
+      runStep("restore-tree", strictBash(restoreTreeCommand(GUEST_PATHS.build, file, treeDir)));
     if (legacy) {
       deps.onEvent({
         type: "info",
         message: "a block-device.d hook set IMAGE_BLOCK_DEVICE: the block-device layout is skipped (legacy DIB)",
       });
+      // The hook's device is its own business: the tree goes back to built/ and copy-root copies it, as on a miss.
+      if (restore) await restoreTree(restore.file);
     } else {
       const exportsFile = `${envDir}/40-block-device.env`;
       const release = await writeScript("blockdev-cleanup", buildCleanupScript(layout));
@@ -491,9 +496,12 @@ mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 6
         inGuest(() => machine.exec(release, quiet())),
       );
       await script("blockdev-setup", buildSetupScript(layout, { exportsFile }));
-      await script("fstab", buildFstabScript(layout, `${GUEST_PATHS.build}/built`));
+      // A hit writes the tree once, straight into the mounted image (mount points such as /boot/efi included); the
+      // fstab then goes where the tree now is, and there is nothing left for copy-root to copy.
+      if (restore) await restoreTree(restore.file, basename(GUEST_PATHS.targetRoot));
+      await script("fstab", buildFstabScript(layout, restore ? GUEST_PATHS.targetRoot : `${GUEST_PATHS.build}/built`));
     }
-    await phase("copy-root");
+    if (!restore || legacy) await phase("copy-root");
     for (const name of ["pre-finalise", "finalise", "cleanup"]) await phase(name);
 
     const treeCmds = treeOutputCommands(plan.outputs, GUEST_PATHS.targetRoot, GUEST_PATHS.out, plan.arch);
@@ -524,8 +532,8 @@ mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 6
 }
 
 /**
- * root.d … post-root.d, then stash-root; or, on a tree cache hit, the saved build directory put back instead. A tree
- * that cannot be saved costs only the next build's reuse.
+ * root.d … post-root.d, then stash-root, whose size of the tree it returns (KiB); the tree is saved for the cache
+ * when the build asks for it. A tree that cannot be saved costs only the next build's reuse.
  */
 async function buildTree(
   tree: TreeCacheStep | undefined,
@@ -533,27 +541,27 @@ async function buildTree(
   runStep: (step: string, argv: readonly string[]) => Promise<string[]>,
   options: BuildOptions,
   deps: ExecuteDeps,
-): Promise<string[]> {
-  const bash = (command: string) => ["bash", "-c", `set -eu -o pipefail; ${command}`];
-  if (tree?.restoreFrom) {
-    await phase("init");
-    return await runStep("restore-tree", bash(restoreTreeCommand(GUEST_PATHS.build, tree.restoreFrom)));
-  }
+): Promise<number> {
   for (const name of ["root", "extra-data", "pre-install", "install"]) await phase(name);
   if (options.packages.length > 0) await phase("packages", ...options.packages);
   for (const name of ["post-install", "post-root"]) await phase(name);
   const stashed = await phase("stash-root");
+  const kib = Number(/VMDIB_BUILT_KIB=(\d+)/.exec(stashed.join("\n"))?.[1]);
+  if (!Number.isSafeInteger(kib)) throw new VmdibError("the guest did not report the size of the built tree");
   if (tree?.saveTo) {
     try {
-      await runStep("save-tree", bash(saveTreeCommand(GUEST_PATHS.build, tree.saveTo)));
-      await tree.commit();
+      await runStep("save-tree", strictBash(saveTreeCommand(GUEST_PATHS.build, tree.saveTo)));
+      await tree.commit(kib);
     } catch (err) {
       if (deps.signal.aborted) throw err;
       deps.onEvent({ type: "info", message: `warning: the tree was not cached: ${(err as Error).message}` });
     }
   }
-  return stashed;
+  return kib;
 }
+
+/** argv that runs a shell command line in the guest, stopping at the first failure (of a pipe too). */
+const strictBash = (command: string) => ["bash", "-c", `set -eu -o pipefail; ${command}`];
 
 /** `df -k` of the build tree (tmpfs) and of the image's root filesystem, as "target size used" lines (pure parse). */
 export function parseDf(text: string): Map<string, { sizeKiB: number; usedKiB: number }> {

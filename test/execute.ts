@@ -14,6 +14,7 @@ import {
   dockerArchiveTarArgv,
   finishCommands,
   publishOutputs,
+  type TreeCacheStep,
   treeOutputCommands,
 } from "../src/execute.js";
 import { PACKAGE_ROOT } from "../src/paths.js";
@@ -314,4 +315,112 @@ t.test("mke2fs refusing the journal: the sizes and the two options, not a bare e
     .catch((e: unknown) => e as VmdibError);
   t.match(err, { message: /too small for its 64 MiB ext4 journal/, hint: /--image-size.*--mkfs-journal-size/ });
   await session.close();
+});
+
+/** One build of the tiny-os fixture with a fake machine that records each step; `legacy`: a block-device.d hook set IMAGE_BLOCK_DEVICE. */
+async function recordSteps(t: Test, extra: string[], treeCache: TreeCacheStep, legacy = false) {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-tree-steps-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const env = { ELEMENTS_PATH: join(PACKAGE_ROOT, "test", "fixtures", "e2e-elements") };
+  const options = parseBuildArgs(["-n", "-o", "out/w", "-t", "raw", "tiny-os", ...extra], env);
+  const { plan, config } = await planBuild(options, { env, cwd: dir });
+  const steps: { step: string; line: string }[] = [];
+  const events: BuildEvent[] = [];
+  const session = new BuildSession(join(dir, "session"), [plan], async () => ({
+    exec: async (argv, io) => {
+      if (argv[0] === "test") return legacy ? 0 : 1;
+      const line = argv.join(" ");
+      const script = /\/vmdib\/work\/([a-z-]+)\.sh$/.exec(line)?.[1];
+      // run-phase steps by name, generated scripts by file; the tree cache's tar lines by what they do.
+      const tar = line.includes(" -xpf ")
+        ? "restore-tree"
+        : line.includes(" -cf /vmdib/trees/")
+          ? "save-tree"
+          : undefined;
+      steps.push({ step: script ?? tar ?? argv[3] ?? line, line });
+      if (line.includes("stash-root")) io.stdout.write("VMDIB_BUILT_KIB=4096\n");
+      return 0;
+    },
+    stop: async () => undefined,
+  }));
+  await mkdir(session.workRoot, { recursive: true });
+  const deps = {
+    cwd: dir,
+    signal: new AbortController().signal,
+    onEvent: (e: BuildEvent) => void events.push(e),
+    qemuImg: async (args: readonly string[]) => writeFile(args[args.length - 1] as string, "converted"),
+    treeCache,
+  };
+  const workDir = await makeWorkDir(plan, session.workRoot);
+  await session.build(plan, options, config, workDir, deps);
+  await session.close();
+  const read = (name: string) => readFile(join(workDir, `${name}.sh`), "utf8").catch(() => "");
+  return { steps, events, fstab: await read("fstab"), setup: await read("blockdev-setup") };
+}
+
+const sizeInfo = (events: BuildEvent[]) =>
+  events.map((e) => (e.type === "info" ? e.message : "")).find((m) => m.startsWith("image size"));
+
+t.test("a tree cache hit: the saved tree is extracted once, straight into the mounted image", async (t) => {
+  const file = "/vmdib/trees/0123456789abcdef01234567.tar";
+  const { steps, events, fstab } = await recordSteps(t, ["block-device-mbr"], {
+    restore: { file, builtKib: 4096 },
+    commit: async () => {
+      t.fail("a hit saves nothing");
+    },
+  });
+  const names = steps.map((s) => s.step).filter((s) => !/^(bash|mkdir)/.test(s));
+  t.same(
+    names.slice(names.indexOf("init")),
+    [
+      "init",
+      "block-device",
+      "blockdev-setup",
+      "restore-tree",
+      "fstab",
+      "pre-finalise",
+      "finalise",
+      "cleanup",
+      "unmount",
+      "blockdev-umount",
+    ],
+    "no root.d … post-root.d, no copy-root: the tree is restored after the image is mounted",
+  );
+  const restore = steps.find((s) => s.step === "restore-tree")?.line ?? "";
+  t.match(restore, `tar -C /vmdib/build -xpf ${file}`);
+  t.match(restore, "--transform='s,^\\./built\\(/\\|$\\),./mnt\\1,S'", "./built lands in mnt/, the image");
+  t.match(fstab, "> /vmdib/build/mnt/etc/fstab", "the fstab goes into the image, over the tree's");
+  t.match(sizeInfo(events), "(tree 4096 KiB)", "the image is sized from the saved tree's recorded size");
+});
+
+t.test("a miss: stash-root's size is committed with the tree; the tree is copied by copy-root", async (t) => {
+  let committed: number | undefined;
+  const { steps, events, fstab } = await recordSteps(t, ["block-device-mbr"], {
+    saveTo: "/vmdib/trees/x.tar.partial-1",
+    commit: async (kib) => {
+      committed = kib;
+    },
+  });
+  const names = steps.map((s) => s.step);
+  t.ok(names.indexOf("save-tree") > names.indexOf("stash-root"), "saved after stash-root");
+  t.ok(names.indexOf("copy-root") > names.indexOf("fstab"), "copy-root after the fstab");
+  t.notOk(names.includes("restore-tree"));
+  t.equal(committed, 4096, "the size the image was made from is stored with the tree");
+  t.match(fstab, "> /vmdib/build/built/etc/fstab");
+  t.match(sizeInfo(events), "(tree 4096 KiB)");
+});
+
+t.test("a hit with a legacy block-device.d hook: the tree goes back to built/ and copy-root copies it", async (t) => {
+  const { steps } = await recordSteps(
+    t,
+    [],
+    { restore: { file: "/vmdib/trees/t.tar", builtKib: 4096 }, commit: async () => {} },
+    true,
+  );
+  const names = steps.map((s) => s.step);
+  const restore = steps.find((s) => s.step === "restore-tree")?.line ?? "";
+  t.notMatch(restore, "--transform", "extracted where it was saved from");
+  t.ok(names.indexOf("restore-tree") > names.indexOf("block-device"), "after the hook made its device");
+  t.equal(names.indexOf("copy-root"), names.indexOf("restore-tree") + 1, "then copied onto it");
+  t.notOk(names.includes("blockdev-setup"), "the layout is skipped");
 });

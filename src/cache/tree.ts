@@ -12,8 +12,11 @@ import { hostFileSettings } from "../workdir.js";
 /** Where the cache directory is shared read-write in the guest. */
 export const GUEST_TREES = "/vmdib/trees";
 
-/** Bumped when what a cached tree holds, or how it is made, changes. */
-export const TREE_FORMAT = 1;
+/**
+ * Bumped when what a cached tree holds, or how it is made, changes. 2: the metadata records the tree's size as
+ * stash-root measured it (builtKib); entries without it are never looked up.
+ */
+export const TREE_FORMAT = 2;
 
 /** Hook directories that run after the tree is cached: editing them must not invalidate it. */
 export const LATER_PHASE_DIRS: readonly string[] = ["block-device.d", "pre-finalise.d", "finalise.d", "cleanup.d"];
@@ -70,12 +73,19 @@ export function saveTreeCommand(buildDir: string, file: string): string {
   return `tar -C ${buildDir} -cf ${file} --numeric-owner --xattrs --xattrs-include='*' --exclude=./hooks --exclude=./mnt --exclude=./image .`;
 }
 
-/** Guest command that puts a saved build directory back and reports the tree's size as stash-root does. */
-export function restoreTreeCommand(buildDir: string, file: string): string {
-  return [
-    `tar -C ${buildDir} -xpf ${file} --numeric-owner --xattrs --xattrs-include='*'`,
-    `echo "VMDIB_BUILT_KIB=$(du -s -x -k ${buildDir}/built | cut -f1)"`,
-  ].join(" && ");
+/**
+ * Guest command that puts a saved build directory back into `buildDir`, the tree (saved as ./built) into
+ * `buildDir/treeDir`. A warm build passes the mounted image root (`mnt`), so the tree is written once, straight into
+ * the image, and the rest of the build directory lands where it always did; `built` puts it back for copy-root.
+ * Modes, owners and times are restored onto directories that already exist there (the image's root, mount points
+ * such as /boot/efi), as `cp -a built/. mnt/` did.
+ */
+export function restoreTreeCommand(buildDir: string, file: string, treeDir = "built"): string {
+  if (!/^[A-Za-z0-9._-]+$/.test(treeDir) || treeDir === "." || treeDir === "..")
+    throw new Error(`internal: ${treeDir} is not a directory name`);
+  // S: symlink targets keep their text (an absolute link into the image is not a path of the build directory).
+  const into = treeDir === "built" ? "" : ` --transform='s,^\\./built\\(/\\|$\\),./${treeDir}\\1,S'`;
+  return `tar -C ${buildDir} -xpf ${file} --numeric-owner --xattrs --xattrs-include='*'${into}`;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -128,6 +138,8 @@ export interface TreeMeta {
   readonly sha256: string;
   readonly created: string;
   readonly elements: readonly string[];
+  /** The tree's size as stash-root measured it (`du -s -x -k`): a warm image is made exactly as big as the cold. */
+  readonly builtKib: number;
 }
 
 export type TreeLookup =
@@ -147,6 +159,10 @@ export async function lookupTree(dir: string, key: string): Promise<TreeLookup> 
     () => undefined,
   );
   if (!meta) return { hit: false, reason: "absent" };
+  if (!Number.isSafeInteger(meta.builtKib) || meta.builtKib <= 0) {
+    await removeTree(dir, key);
+    return { hit: false, reason: "damaged" };
+  }
   const file = join(dir, treeFile(key));
   const size = await stat(file).then(
     (s) => s.size,
@@ -162,10 +178,17 @@ export async function lookupTree(dir: string, key: string): Promise<TreeLookup> 
 }
 
 /** Make a tree the guest wrote to `partial` the entry for `key`, then drop all but the most recently used trees. */
-export async function commitTree(dir: string, key: string, partial: string, elements: readonly string[]) {
+export async function commitTree(
+  dir: string,
+  key: string,
+  partial: string,
+  elements: readonly string[],
+  builtKib: number,
+) {
   const file = join(dir, treeFile(key));
   const bytes = (await stat(partial)).size;
-  const meta: TreeMeta = { key, bytes, sha256: await sha256File(partial), created: new Date().toISOString(), elements };
+  const digest = await sha256File(partial);
+  const meta: TreeMeta = { key, bytes, sha256: digest, created: new Date().toISOString(), elements, builtKib };
   // Rename, then metadata: a concurrent build with the same key ends with one complete entry either way.
   await rename(partial, file);
   const tmpMeta = join(dir, `${metaFile(key)}.${process.pid}`);

@@ -458,7 +458,7 @@ async function buildImage(
   const treeCache = await treeCacheStep(plan, options, run.trees, render);
   report.caches.push({
     name: "tree after post-root.d",
-    result: `${treeCache.restoreFrom ? "hit" : "miss"} ${treeCache.key}`,
+    result: `${treeCache.restore ? "hit" : "miss"} ${treeCache.key}`,
   });
   await mkdir(session.workRoot, { recursive: true });
   const workDir = await makeWorkDir(plan, session.workRoot);
@@ -525,7 +525,11 @@ async function treeCacheStep(
       type: "info",
       message: `tree cache hit ${key} (saved ${found.meta.created}): root.d … post-root.d are skipped`,
     });
-    return { key, restoreFrom: `${GUEST_TREES}/${treeFile(key)}`, commit: async () => {} };
+    return {
+      key,
+      restore: { file: `${GUEST_TREES}/${treeFile(key)}`, builtKib: found.meta.builtKib },
+      commit: async () => {},
+    };
   }
   const why = found
     ? found.reason === "damaged"
@@ -539,12 +543,13 @@ async function treeCacheStep(
   return {
     key,
     saveTo: `${GUEST_TREES}/${partial}`,
-    commit: async () => {
+    commit: async (builtKib) => {
       const meta = await commitTree(
         dir,
         key,
         join(dir, partial),
         plan.elements.map((e) => e.name),
+        builtKib,
       );
       render({ type: "info", message: `tree cache: saved ${key} (${(meta.bytes / 1024 ** 2).toFixed(0)} MiB)` });
     },

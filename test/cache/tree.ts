@@ -1,8 +1,24 @@
 // The phase-level cache: what changes the key and what does not, element digests, and the cache entries' life
 // (commit, hit, damage detected, pruning).
-import { chmod, mkdir, mkdtemp, readdir, rm, symlink, truncate, utimes, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  link,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  truncate,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { execa } from "execa";
 import t from "tap";
 import {
   commitTree,
@@ -10,6 +26,8 @@ import {
   digestHostFiles,
   lookupTree,
   pruneTrees,
+  restoreTreeCommand,
+  saveTreeCommand,
   type TreeKeyInputs,
   treeCacheKey,
   treeFile,
@@ -91,17 +109,26 @@ t.test("entries: a committed tree is found; a damaged one is removed and missed;
 
   const partial = join(dir, `${treeFile(key)}.partial-${process.pid}`);
   await writeFile(partial, "a tree\n".repeat(1000));
-  const meta = await commitTree(dir, key, partial, ["tiny-os"]);
+  const meta = await commitTree(dir, key, partial, ["tiny-os"], 5120);
   t.equal(meta.bytes, 7000);
+  t.equal(meta.builtKib, 5120, "the tree's size is recorded with it");
   const hit = await lookupTree(dir, key);
   t.ok(hit.hit, "hit after commit");
+  t.equal(hit.hit && hit.meta.builtKib, 5120);
+
+  const { builtKib: _, ...older } = meta;
+  await writeFile(join(dir, `${key}.json`), JSON.stringify(older));
+  t.same(await lookupTree(dir, key), { hit: false, reason: "damaged" }, "an entry without the tree's size: a miss");
+  t.same(await readdir(dir), [], "and removed");
+  await writeFile(partial, "a tree\n".repeat(1000));
+  await commitTree(dir, key, partial, ["tiny-os"], 5120);
 
   await truncate(join(dir, treeFile(key)), 100);
   t.same(await lookupTree(dir, key), { hit: false, reason: "damaged" }, "a truncated tree is a miss");
   t.same(await readdir(dir), [], "and its entry is gone");
 
   await writeFile(partial, "a tree\n");
-  await commitTree(dir, key, partial, ["tiny-os"]);
+  await commitTree(dir, key, partial, ["tiny-os"], 1);
   await writeFile(join(dir, treeFile(key)), "b tree\n");
   t.same(await lookupTree(dir, key), { hit: false, reason: "damaged" }, "same size, other content: a miss");
 
@@ -109,7 +136,7 @@ t.test("entries: a committed tree is found; a damaged one is removed and missed;
   for (const [i, k] of keys.entries()) {
     const p = join(dir, `${treeFile(k)}.partial-${process.pid}`);
     await writeFile(p, k);
-    await commitTree(dir, k, p, []);
+    await commitTree(dir, k, p, [], 1);
     const when = new Date(Date.now() - (keys.length - i) * 60_000);
     await utimes(join(dir, `${k}.json`), when, when);
   }
@@ -121,3 +148,41 @@ t.test("entries: a committed tree is found; a damaged one is removed and missed;
     "the three most recently used stay; a dead build's partial file goes",
   );
 });
+
+t.test(
+  "a saved build directory restored with the host's tar: where it was, or its tree into the mounted image",
+  async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), "vmdib-tree-tar-"));
+    t.teardown(() => rm(dir, { recursive: true, force: true }));
+    const saved = join(dir, "saved");
+    await mkdir(join(saved, "built", "etc"), { recursive: true });
+    await mkdir(join(saved, "built", "boot", "efi"), { recursive: true });
+    await mkdir(join(saved, "env.d"), { recursive: true });
+    await mkdir(join(saved, "mnt"));
+    await writeFile(join(saved, "built", "etc", "os-release"), "tiny\n");
+    await link(join(saved, "built", "etc", "os-release"), join(saved, "built", "etc", "hard"));
+    await symlink("/built/etc/os-release", join(saved, "built", "etc", "abs"));
+    await writeFile(join(saved, "env.d", "10-x.env"), "export X=1\n");
+    await chmod(join(saved, "built"), 0o711);
+    const file = join(dir, "tree.tar");
+    const sh = (cmd: string) => execa("bash", ["-c", `set -eu -o pipefail; ${cmd}`]);
+    // --numeric-owner/--xattrs as in the guest; unprivileged here, so owners are not checked.
+    await sh(saveTreeCommand(saved, file));
+
+    const build = join(dir, "build");
+    await mkdir(join(build, "mnt", "boot", "efi"), { recursive: true });
+    await sh(restoreTreeCommand(build, file, "mnt"));
+    t.equal(await readFile(join(build, "mnt", "etc", "os-release"), "utf8"), "tiny\n", "the tree is in mnt/");
+    t.equal((await stat(join(build, "mnt", "etc", "hard"))).nlink, 2, "hard links kept inside it");
+    t.equal(await readlink(join(build, "mnt", "etc", "abs")), "/built/etc/os-release", "link targets untouched");
+    t.equal((await stat(join(build, "mnt"))).mode & 0o7777, 0o711, "the tree's root mode on the image's root");
+    t.equal(await readFile(join(build, "env.d", "10-x.env"), "utf8"), "export X=1\n", "the rest where it was");
+    t.notOk(await lstat(join(build, "built")).catch(() => undefined), "no built/ at all");
+
+    const back = join(dir, "back");
+    await mkdir(back);
+    await sh(restoreTreeCommand(back, file));
+    t.equal(await readFile(join(back, "built", "etc", "os-release"), "utf8"), "tiny\n", "by default into built/");
+    t.throws(() => restoreTreeCommand(back, file, "../x"), /not a directory name/);
+  },
+);
