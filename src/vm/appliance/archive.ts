@@ -3,14 +3,15 @@
 import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, createWriteStream, existsSync } from "node:fs";
-import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { createGunzip } from "node:zlib";
 import { VmdibError } from "../../errors.js";
 import { redactUrl } from "../../mirror.js";
 import { spawnFilter } from "./deb.js";
-import { type DebPackage, type PackageIndex, parsePackages, parseReleaseSha256 } from "./packages.js";
+import { type DebPackage, type PackageIndex, PackagesParser, parseReleaseSha256 } from "./packages.js";
 
 /** Progress the library reports; the CLI decides how to print it. */
 export type ApplianceEvent =
@@ -319,18 +320,25 @@ export async function loadPackages(o: ArchiveOptions, release: Release, componen
     await downloadVerified(`${o.mirror}/dists/${o.suite}/${found.rel}`, cached, want, { ...o, onData: meter.data });
     meter.fileDone();
   }
-  const compressed = await readFile(cached);
-  const text =
-    found.ext === "xz"
-      ? await streamToString(spawnFilter("xz", ["-dc"], compressed))
-      : (await import("node:zlib")).gunzipSync(compressed).toString("utf8");
-  return { index: parsePackages(text, o.arch), date: release.date, packagesSha256: want.sha256, path: cached };
+  return {
+    index: await parsePackagesFile(cached, o.arch),
+    date: release.date,
+    packagesSha256: want.sha256,
+    path: cached,
+  };
 }
 
-async function streamToString(s: Readable): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const c of s) chunks.push(c as Buffer);
-  return Buffer.concat(chunks).toString("utf8");
+/**
+ * A compressed Packages file (`.xz` or `.gz`), decompressed and parsed as it streams: the ~50 MB of text are never
+ * in memory at once, only the parsed index.
+ */
+export async function parsePackagesFile(path: string, arch: string): Promise<PackageIndex> {
+  const file = createReadStream(path);
+  const text = path.endsWith(".xz") ? spawnFilter("xz", ["-dc"], file) : file.pipe(createGunzip());
+  file.on("error", (err) => text.destroy(err));
+  const parser = new PackagesParser(arch);
+  for await (const chunk of text) parser.push(chunk as Buffer);
+  return parser.finish();
 }
 
 export interface FetchedDeb {

@@ -6,7 +6,7 @@ import { VmdibError } from "../../errors.js";
 import type { FetchedDeb, OnEvent } from "./archive.js";
 import { sha256File, writeAtomic } from "./archive.js";
 import { CpioWriter, S_IFREG } from "./cpio.js";
-import { debTarMember, decompressMember, parseAr } from "./deb.js";
+import { debTarEntries, debTarMember, decompressMember, readArMembers } from "./deb.js";
 import { extractVmlinux } from "./kernel.js";
 import { buildModuleFiles, type ModuleInfo, moduleInfo, parseBuiltin, selectModules } from "./modules.js";
 import { RootfsWriter } from "./rootfs.js";
@@ -47,16 +47,6 @@ export interface AssembleResult {
   packageBytes: Map<string, number>;
 }
 
-async function debEntries(
-  path: string,
-  which: "data" | "control",
-  signal?: AbortSignal,
-): Promise<AsyncGenerator<TarEntry>> {
-  const members = parseAr(await readFile(path));
-  signal?.throwIfAborted();
-  return readTar(decompressMember(debTarMember(members, which)));
-}
-
 async function collect(gen: AsyncGenerator<TarEntry>): Promise<TarEntry[]> {
   const out: TarEntry[] = [];
   for await (const e of gen) out.push(e);
@@ -80,7 +70,7 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
     // Decode up to UNPACK_AHEAD packages ahead (xz/zstd children run on other cores) while writing in order.
     const load = async (d: FetchedDeb) => {
       signal?.throwIfAborted();
-      const members = parseAr(await readFile(d.path));
+      const members = await readArMembers(d.path);
       let postinst: string | undefined;
       for await (const e of readTar(decompressMember(debTarMember(members, "control")))) {
         if (e.type === "file" && e.path.replace(/^\.?\//, "") === "postinst") postinst = e.data.toString("utf8");
@@ -128,10 +118,9 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
     root.add({ name: "init", mode: S_IFREG | 0o755, data: input.init });
     root.synthesize({ hostname: "vmdib" });
     cpio.finish();
-    const vmlinux = await extractVmlinux(kernelFile);
-    const vmlinuxFile = vmlinux ? join(input.outDir, "vmlinux") : undefined;
-    if (vmlinux && vmlinuxFile) await writeFile(vmlinuxFile, vmlinux);
-    else
+    const vmlinuxPath = join(input.outDir, "vmlinux");
+    const vmlinuxFile = (await extractVmlinux(kernelFile, vmlinuxPath)) ? vmlinuxPath : undefined;
+    if (!vmlinuxFile)
       onEvent?.({ type: "warning", message: "could not extract vmlinux from the bzImage; only vmlinuz is available" });
     return {
       kernelRelease: kernel.release,
@@ -182,7 +171,8 @@ async function addKernel(
     const infos: ModuleInfo[] = [];
     let release: string | undefined;
     const extras: Record<string, string> = {};
-    for await (const e of await debEntries(input.kernelDeb.path, "data", input.signal)) {
+    input.signal?.throwIfAborted();
+    for await (const e of await debTarEntries(input.kernelDeb.path, "data")) {
       const boot = /^(?:\.\/)?boot\/vmlinuz-(.+)$/.exec(e.path);
       if (boot && e.type === "file") {
         vmlinuz = e.data;
@@ -210,7 +200,8 @@ async function addKernel(
   const sel = selectModules(infos, input.modules, builtin);
   const wanted = new Set(sel.order.map((m) => m.path));
   const base = `usr/lib/modules/${release}`;
-  for await (const e of await debEntries(input.kernelDeb.path, "data", input.signal)) {
+  input.signal?.throwIfAborted();
+  for await (const e of await debTarEntries(input.kernelDeb.path, "data")) {
     if (!vmlinuz && e.type === "file" && e.path.replace(/^\.\//, "") === `boot/vmlinuz-${release}`) vmlinuz = e.data;
     const m = MOD_PREFIX.exec(e.path);
     if (m && e.type === "file" && wanted.has(m[2] as string)) root.addFile(`${base}/${m[2]}`, e.data);

@@ -1,12 +1,24 @@
-// .deb files: the ar container (pure parser) and decompressing its tar members with the host's xz/zstd or node's zlib.
+// .deb files: the ar container (a pure parser of a buffer, or the member table of a file) and decompressing its tar
+// members with the host's xz/zstd or node's zlib, streamed from the file.
 import { spawn } from "node:child_process";
+import { createReadStream } from "node:fs";
+import { open } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { VmdibError } from "../../errors.js";
+import { readTar, type TarEntry } from "./tar.js";
 
 export interface ArMember {
   name: string;
   data: Buffer;
+}
+
+/** A member of an ar archive on disk: where its bytes are, not the bytes. */
+export interface ArMemberRef {
+  name: string;
+  path: string;
+  offset: number;
+  size: number;
 }
 
 const AR_MAGIC = "!<arch>\n";
@@ -29,8 +41,44 @@ export function parseAr(buf: Buffer): ArMember[] {
   return out;
 }
 
+/**
+ * The members of the ar archive at `path`, read from their 60-byte headers only: a .deb (the kernel's is ~70 MB) is
+ * never held in memory, its members are streamed from the file by decompressMember.
+ */
+export async function readArMembers(path: string): Promise<ArMemberRef[]> {
+  const fh = await open(path, "r");
+  try {
+    const { size: total } = await fh.stat();
+    const head = Buffer.alloc(60);
+    await fh.read(head, 0, 8, 0);
+    if (head.subarray(0, 8).toString("latin1") !== AR_MAGIC) throw new Error(`${path}: not an ar archive (bad magic)`);
+    const out: ArMemberRef[] = [];
+    let off = 8;
+    while (off + 60 <= total) {
+      const { bytesRead } = await fh.read(head, 0, 60, off);
+      const header = head.subarray(0, bytesRead).toString("latin1");
+      if (bytesRead < 60 || header.slice(58, 60) !== "`\n")
+        throw new Error(`${path}: ar header at offset ${off} is corrupt`);
+      const name = header.slice(0, 16).trim().replace(/\/$/, "");
+      const size = Number.parseInt(header.slice(48, 58).trim(), 10);
+      if (!Number.isFinite(size) || off + 60 + size > total)
+        throw new Error(`${path}: ar member '${name}' is truncated`);
+      out.push({ name, path, offset: off + 60, size });
+      off += 60 + size + (size % 2);
+    }
+    return out;
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The entries of a .deb's data or control tar, streamed from the file (one entry's contents in memory at a time). */
+export async function debTarEntries(path: string, which: "data" | "control"): Promise<AsyncGenerator<TarEntry>> {
+  return readTar(decompressMember(debTarMember(await readArMembers(path), which)));
+}
+
 /** The member named `<prefix>.tar[.xz|.zst|.gz]` (prefix "data" or "control"). */
-export function debTarMember(members: ArMember[], prefix: "data" | "control"): ArMember {
+export function debTarMember<M extends { name: string }>(members: M[], prefix: "data" | "control"): M {
   const m = members.find((x) => x.name === `${prefix}.tar` || x.name.startsWith(`${prefix}.tar.`));
   if (!m) throw new Error(`no ${prefix}.tar member (members: ${members.map((x) => x.name).join(", ")})`);
   return m;
@@ -40,17 +88,33 @@ export function debTarMember(members: ArMember[], prefix: "data" | "control"): A
  * A readable of the decompressed member. xz and zstd run as child processes (faster than any JS decoder and
  * available on every host vmdib supports); gzip uses node's zlib. A decoder failure surfaces as a stream error.
  */
-export function decompressMember(member: ArMember): Readable {
+export function decompressMember(member: ArMember | ArMemberRef): Readable {
   const ext = member.name.slice(member.name.lastIndexOf(".") + 1);
-  if (ext === "tar") return Readable.from([member.data]);
-  if (ext === "gz") return Readable.from([member.data]).pipe(createGunzip());
-  if (ext === "xz") return spawnFilter("xz", ["-dc", "-T1"], member.data);
-  if (ext === "zst") return spawnFilter("zstd", ["-dc", "-q"], member.data);
-  throw new Error(`unsupported compression '${ext}' in ${member.name}`);
+  if (!["tar", "gz", "xz", "zst"].includes(ext)) throw new Error(`unsupported compression '${ext}' in ${member.name}`);
+  const input =
+    "data" in member
+      ? member.data
+      : member.size === 0
+        ? Buffer.alloc(0)
+        : createReadStream(member.path, { start: member.offset, end: member.offset + member.size - 1 });
+  const readable = () => (Buffer.isBuffer(input) ? Readable.from([input]) : input);
+  if (ext === "tar") return readable();
+  if (ext === "gz") return pipeErrors(readable(), createGunzip());
+  if (ext === "xz") return spawnFilter("xz", ["-dc", "-T1"], input);
+  return spawnFilter("zstd", ["-dc", "-q"], input);
 }
 
-/** Pipe `input` through `cmd args`; the returned stream errors if the tool is missing or exits non-zero. */
-export function spawnFilter(cmd: string, args: string[], input: Buffer): Readable {
+/** `from.pipe(to)`, with an error of `from` (e.g. an unreadable file) also ending `to`. */
+function pipeErrors(from: Readable, to: NodeJS.ReadWriteStream & Readable): Readable {
+  from.on("error", (err) => to.destroy(err));
+  return from.pipe(to);
+}
+
+/**
+ * Pipe `input` (bytes, or a stream such as a file's) through `cmd args`; the returned stream errors if the tool is
+ * missing, exits non-zero, or the input stream fails.
+ */
+export function spawnFilter(cmd: string, args: string[], input: Buffer | Readable): Readable {
   const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"] });
   const out = child.stdout;
   let stderr = "";
@@ -83,6 +147,14 @@ export function spawnFilter(cmd: string, args: string[], input: Buffer): Readabl
     if (child.exitCode === null) child.kill(); // consumer gave up early: do not leave the decoder running
   });
   child.stdin.on("error", () => {}); // EPIPE when the tool dies early: reported through 'close' instead
-  child.stdin.end(input);
+  if (Buffer.isBuffer(input)) child.stdin.end(input);
+  else {
+    input.on("error", (err) => {
+      result.destroy(err);
+      if (child.exitCode === null) child.kill();
+    });
+    input.pipe(child.stdin);
+    result.on("close", () => input.destroy());
+  }
   return result;
 }
