@@ -7,8 +7,7 @@ import { once } from "node:events";
 import { existsSync } from "node:fs";
 import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat, utimes } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { Readable, type Writable } from "node:stream";
-import { gunzipSync } from "node:zlib";
+import type { Writable } from "node:stream";
 import { VmdibError } from "../errors.js";
 import { cacheDir } from "../paths.js";
 import {
@@ -19,13 +18,14 @@ import {
   loadPackages,
   loadRelease,
   type OnEvent,
+  readPackagesFile,
   tempName,
   writeAtomic,
 } from "../vm/appliance/archive.js";
-import { debTarMember, decompressMember, parseAr, spawnFilter } from "../vm/appliance/deb.js";
-import type { DebPackage, PackageIndex } from "../vm/appliance/packages.js";
+import { debTarEntries } from "../vm/appliance/deb.js";
+import { type DebPackage, type PackageIndex, StanzaSelector } from "../vm/appliance/packages.js";
 import { normalizePath } from "../vm/appliance/rootfs.js";
-import { buildTar, readTar, type TarEntry } from "../vm/appliance/tar.js";
+import { buildTar, type TarEntry } from "../vm/appliance/tar.js";
 
 /** Bumped whenever the tarball's layout changes, so older cached tarballs are not reused. */
 export const STAGE1_FORMAT = 3;
@@ -282,8 +282,7 @@ class Stage1Tar {
  * bin/lib*\/sbin trees live under usr/.
  */
 async function extractInto(tar: Stage1Tar, deb: FetchedDeb, merged: Set<string>): Promise<void> {
-  const members = parseAr(await readFile(deb.path));
-  for await (const e of readTar(decompressMember(debTarMember(members, "data")))) {
+  for await (const e of await debTarEntries(deb.path, "data")) {
     const orig = normalizePath(e.path);
     if (orig === "") continue;
     const top = orig.split("/", 1)[0] as string;
@@ -303,16 +302,9 @@ async function extractInto(tar: Stage1Tar, deb: FetchedDeb, merged: Set<string>)
 
 /** The Packages stanzas of `names`, verbatim (what debootstrap's setup_available reads in the second stage). */
 async function packagesStanzas(compressedPath: string, names: ReadonlySet<string>): Promise<string> {
-  const data = await readFile(compressedPath);
-  const chunks: Buffer[] = [];
-  const stream = compressedPath.endsWith(".xz") ? spawnFilter("xz", ["-dc"], data) : Readable.from([gunzipSync(data)]);
-  for await (const c of stream) chunks.push(c as Buffer);
-  const out: string[] = [];
-  for (const stanza of Buffer.concat(chunks).toString("utf8").split(/\n\n+/)) {
-    const name = /^Package:\s*(\S+)/m.exec(stanza)?.[1];
-    if (name && names.has(name)) out.push(`${stanza.trim()}\n\n`);
-  }
-  return out.join("");
+  const selector = new StanzaSelector(names); // streamed: the index is ~50 MB of text
+  for await (const chunk of readPackagesFile(compressedPath)) selector.push(chunk as Buffer);
+  return selector.finish();
 }
 
 export interface Stage1Spec {

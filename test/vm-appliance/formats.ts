@@ -1,12 +1,12 @@
 // Tests deb.ts (ar), tar.ts and cpio.ts, and rootfs.ts end to end: a tar made here → root-owned merged-/usr cpio →
 // parsed back, checking modes, setuid bits, symlinks, hard links, dropped docs and synthesized files.
 import { spawnSync } from "node:child_process";
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
 import { CpioWriter, parseCpio, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from "../../src/vm/appliance/cpio.js";
-import { debTarMember, decompressMember, parseAr } from "../../src/vm/appliance/deb.js";
+import { debTarEntries, debTarMember, decompressMember, parseAr, readArMembers } from "../../src/vm/appliance/deb.js";
 import {
   isDropped,
   mergeUsr,
@@ -111,6 +111,50 @@ t.test("ar: members of a .deb, data.tar.xz decompressed with the host's xz", asy
     for await (const _ of readTar(decompressMember({ name: bad.name, data: Buffer.from("garbage") }))) {
     }
   }, /xz/);
+});
+
+t.test("ar on disk: members located by their headers and streamed from the file", async (t) => {
+  const tar = buildTar(PKG.slice(0, 3));
+  const dir = mkdtempSync(join(tmpdir(), "vmdib-ar-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, "p.deb");
+  const gz = spawnSync("gzip", ["-c"], { input: tar }).stdout;
+  writeFileSync(
+    path,
+    buildAr([
+      { name: "debian-binary", data: Buffer.from("2.0\n") },
+      { name: "control.tar.gz", data: gz },
+      { name: "data.tar.zst", data: spawnSync("zstd", ["-c", "-q"], { input: tar }).stdout },
+    ]),
+  );
+  const members = await readArMembers(path);
+  t.same(
+    members.map((m) => [m.name, m.size]),
+    [
+      ["debian-binary", 4],
+      ["control.tar.gz", gz.length],
+      ["data.tar.zst", members[2]?.size],
+    ],
+  );
+  t.same(
+    members.map((m) => readFileSync(path).subarray(m.offset, m.offset + m.size)),
+    parseAr(readFileSync(path)).map((m) => m.data),
+    "the same bytes parseAr sees",
+  );
+  for (const which of ["data", "control"] as const) {
+    const out: string[] = [];
+    for await (const e of await debTarEntries(path, which)) out.push(`${e.path} ${e.data.toString()}`);
+    t.same(out, ["./ ", "./bin/ ", "./bin/tool #!/bin/sh\necho tool\n"], which);
+  }
+  writeFileSync(path, buildAr([{ name: "data.tar.xz", data: Buffer.from("garbage") }]));
+  await t.rejects(async () => {
+    for await (const _ of await debTarEntries(path, "data")) {
+    }
+  }, /xz/);
+  writeFileSync(path, readFileSync(path).subarray(0, 70));
+  await t.rejects(readArMembers(path), /truncated/);
+  writeFileSync(path, "not an ar archive");
+  await t.rejects(readArMembers(path), /bad magic/);
 });
 
 t.test("paths: normalisation, merged /usr, drops, symlink rewriting", async (t) => {

@@ -4,9 +4,11 @@ import { VmdibError } from "../../src/errors.js";
 import { resolveClosure } from "../../src/vm/appliance/closure.js";
 import {
   compareVersions,
+  PackagesParser,
   parsePackages,
   parseRelations,
   parseReleaseSha256,
+  StanzaSelector,
   stripClearsign,
 } from "../../src/vm/appliance/packages.js";
 
@@ -84,6 +86,61 @@ t.test("compareVersions follows dpkg", async (t) => {
   }
   t.equal(compareVersions("1.0-1", "1.0-1"), 0);
   t.equal(compareVersions("0:1.00", "1.0"), 0);
+});
+
+/** `text` as byte chunks of `size` (splitting lines, CRLFs and UTF-8 sequences anywhere). */
+function chunks(text: string, size: number): Buffer[] {
+  const b = Buffer.from(text);
+  const out: Buffer[] = [];
+  for (let i = 0; i < b.length; i += size) out.push(b.subarray(i, i + size));
+  return out;
+}
+
+t.test("PackagesParser: chunk boundaries anywhere give the same index; get() is stable", async (t) => {
+  const text = `${FIXTURE}\n${stanza("ünïcode-maint", { Maintainer: "Jörg <j@example.org>", Depends: "libc6" })}`;
+  const whole = parsePackages(text);
+  for (const size of [1, 7, 64]) {
+    const parser = new PackagesParser();
+    for (const c of chunks(text, size)) parser.push(c);
+    const idx = parser.finish();
+    t.same([...idx.packages.values()], [...whole.packages.values()], `${size}-byte chunks`);
+    t.same([...idx.providers.entries()], [...whole.providers.entries()], `${size}-byte chunks: providers`);
+  }
+  t.equal(whole.packages.get("libc6"), whole.packages.get("libc6"), "the same object each time");
+  t.same(whole.packages.get("libfoo"), {
+    name: "libfoo",
+    version: "2.1-1",
+    architecture: "amd64",
+    depends: "libc6 (>= 2.36)",
+    preDepends: "",
+    provides: "",
+    filename: "pool/main/l/libfoo/libfoo_2.1-1_amd64.deb",
+    sha256: "ab".repeat(32),
+    size: 100,
+    essential: false,
+    priority: "optional",
+  });
+  t.equal(whole.packages.size, [...whole.packages.keys()].length);
+  t.equal(whole.providers.get("awk")?.[0]?.pkg, whole.packages.get("gawk"));
+});
+
+t.test("StanzaSelector: the named stanzas verbatim, in file order, across chunks", async (t) => {
+  const text = `\n${FIXTURE}\n\n\n${stanza("ünïcode", { Description: "x\n more" })}`;
+  const want = ["libc6", "libfoo", "ünïcode"];
+  const expected = text
+    .split(/\n\n+/)
+    .filter((s) => want.includes(/^Package:\s*(\S+)/m.exec(s)?.[1] ?? ""))
+    .map((s) => `${s.trim()}\n\n`)
+    .join("");
+  t.same(
+    [...expected.matchAll(/^Package: (\S+)/gm)].map((m) => m[1]),
+    ["libfoo", "libfoo", "libc6", "ünïcode"],
+  );
+  for (const size of [1, 5, 4096]) {
+    const sel = new StanzaSelector(new Set(want));
+    for (const c of chunks(text, size)) sel.push(c);
+    t.equal(sel.finish(), expected, `${size}-byte chunks`);
+  }
 });
 
 t.test("resolveClosure: depends, pre-depends, providers by priority, first satisfiable alternative", async (t) => {

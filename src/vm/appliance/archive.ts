@@ -333,12 +333,17 @@ export async function loadPackages(o: ArchiveOptions, release: Release, componen
  * in memory at once, only the parsed index.
  */
 export async function parsePackagesFile(path: string, arch: string): Promise<PackageIndex> {
+  const parser = new PackagesParser(arch);
+  for await (const chunk of readPackagesFile(path)) parser.push(chunk as Buffer);
+  return parser.finish();
+}
+
+/** The decompressed bytes of a cached Packages file (`.xz` or `.gz`), as a stream. */
+export function readPackagesFile(path: string): Readable {
   const file = createReadStream(path);
   const text = path.endsWith(".xz") ? spawnFilter("xz", ["-dc"], file) : file.pipe(createGunzip());
   file.on("error", (err) => text.destroy(err));
-  const parser = new PackagesParser(arch);
-  for await (const chunk of text) parser.push(chunk as Buffer);
-  return parser.finish();
+  return text;
 }
 
 export interface FetchedDeb {

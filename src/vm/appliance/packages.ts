@@ -309,6 +309,42 @@ export class PackagesParser {
   }
 }
 
+/**
+ * Picks the stanzas of some packages out of a Packages file streamed in byte chunks (pure), verbatim (trimmed, each
+ * followed by a blank line), in file order: what debootstrap's second stage reads, without the whole index in memory.
+ */
+export class StanzaSelector {
+  private readonly out: string[] = [];
+  /** The unfinished last stanza of the chunks so far. */
+  private rest: Buffer | undefined;
+
+  constructor(private readonly names: ReadonlySet<string>) {}
+
+  push(chunk: Buffer): void {
+    const buf = this.rest ? Buffer.concat([this.rest, chunk]) : chunk;
+    this.rest = undefined;
+    let pos = 0;
+    for (;;) {
+      const end = buf.indexOf("\n\n", pos);
+      if (end < 0) break;
+      this.stanza(buf.toString("utf8", pos, end));
+      pos = end + 2;
+    }
+    if (pos < buf.length) this.rest = Buffer.from(buf.subarray(pos));
+  }
+
+  finish(): string {
+    if (this.rest) this.stanza(this.rest.toString("utf8"));
+    this.rest = undefined;
+    return this.out.join("");
+  }
+
+  private stanza(text: string): void {
+    const name = /^Package:\s*(\S+)/m.exec(text)?.[1];
+    if (name && this.names.has(name)) this.out.push(`${text.trim()}\n\n`);
+  }
+}
+
 /** One `name (op version)` term of a dependency field; arch qualifiers and restriction lists are dropped. */
 export interface Relation {
   name: string;
