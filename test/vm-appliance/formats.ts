@@ -83,6 +83,41 @@ t.test("tar round trip: types, modes, long names, chunked input", async (t) => {
   t.equal(by.get("./bin/tool")?.uid, 1000);
 });
 
+t.test("tar: any chunking gives the same entries; wantData skips bodies without reading them", async (t) => {
+  const tar = buildTar(PKG);
+  const whole = await entriesOf(tar);
+  for (const size of [1, 511, 513, 4096]) {
+    const pieces: Buffer[] = [];
+    for (let i = 0; i < tar.length; i += size) pieces.push(tar.subarray(i, i + size));
+    const got: TarEntry[] = [];
+    for await (const e of readTar(pieces)) got.push(e);
+    t.same(got, whole, `${size}-byte chunks`);
+    const seen: string[] = [];
+    const some: (TarEntry & { skipped?: boolean })[] = [];
+    const wantData = (path: string, size: number) => {
+      seen.push(`${path} ${size}`);
+      return path.endsWith("su-thing");
+    };
+    for await (const e of readTar(pieces, { wantData })) some.push(e);
+    t.same(
+      some.map((e) => e.path),
+      whole.map((e) => e.path),
+      "every entry still comes",
+    );
+    t.same(
+      some.filter((e) => e.data.length).map((e) => e.data.toString()),
+      ["setuid"],
+    );
+    t.ok(some.find((e) => e.path === "./lib/libx.so.1.2")?.skipped);
+    t.ok(seen.includes("./lib/libx.so.1.2 3000"), "asked with the body's size");
+  }
+  await t.rejects(async () => {
+    // Cut inside the body of ./bin/tool (third header at 1024, its body at 1536).
+    for await (const _ of readTar([buildTar(PKG.slice(0, 3)).subarray(0, 1546)], { wantData: () => false })) {
+    }
+  }, /truncated/);
+});
+
 t.test("tar: a corrupt header is an error, not garbage", async (t) => {
   const tar = buildTar(PKG);
   tar[10] = (tar[10] ?? 0) ^ 0xff;

@@ -320,13 +320,26 @@ export async function loadPackages(o: ArchiveOptions, release: Release, componen
     await downloadVerified(`${o.mirror}/dists/${o.suite}/${found.rel}`, cached, want, { ...o, onData: meter.data });
     meter.fileDone();
   }
+  const key = `${cached} ${o.arch}`;
+  let index = parsedIndexes.get(key)?.deref();
+  if (!index) {
+    index = await parsePackagesFile(cached, o.arch);
+    parsedIndexes.set(key, new WeakRef(index));
+  }
   return {
-    index: await parsePackagesFile(cached, o.arch),
+    index,
     date: release.date,
     packagesSha256: want.sha256,
     path: cached,
   };
 }
+
+/**
+ * Indexes parsed in this process, by file (named by its hash) and architecture, held weakly: a build parses the same
+ * index for debootstrap's first stage and then for the appliance, and the first (~30 MB) is often still in the heap,
+ * uncollected, when the second is parsed. Reusing it costs nothing; once collected it is parsed again.
+ */
+const parsedIndexes = new Map<string, WeakRef<PackageIndex>>();
 
 /**
  * A compressed Packages file (`.xz` or `.gz`), decompressed and parsed as it streams: the ~50 MB of text are never

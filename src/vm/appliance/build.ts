@@ -151,6 +151,10 @@ interface KernelMeta {
 }
 
 const MOD_PREFIX = /^(?:\.\/)?(?:usr\/)?lib\/modules\/([^/]+)\/(.*)$/;
+const BOOT = /^(?:\.\/)?boot\/vmlinuz-(.+)$/;
+/** The files of lib/modules/<release>/ the first pass over the kernel package reads. */
+const MOD_META =
+  /^(?:\.\/)?(?:usr\/)?lib\/modules\/[^/]+\/(?:.*\.ko(?:\.(?:xz|zst|gz))?|modules\.(?:builtin|builtin\.modinfo|order))$/;
 
 async function addKernel(
   root: RootfsWriter,
@@ -172,8 +176,10 @@ async function addKernel(
     let release: string | undefined;
     const extras: Record<string, string> = {};
     input.signal?.throwIfAborted();
-    for await (const e of await debTarEntries(input.kernelDeb.path, "data")) {
-      const boot = /^(?:\.\/)?boot\/vmlinuz-(.+)$/.exec(e.path);
+    // Only what this pass reads (every module's modinfo): the package's other files are skipped, not buffered.
+    const wantData = (path: string) => BOOT.test(path) || MOD_META.test(path);
+    for await (const e of await debTarEntries(input.kernelDeb.path, "data", { wantData })) {
+      const boot = BOOT.exec(e.path);
       if (boot && e.type === "file") {
         vmlinuz = e.data;
         release = boot[1];
@@ -201,7 +207,12 @@ async function addKernel(
   const wanted = new Set(sel.order.map((m) => m.path));
   const base = `usr/lib/modules/${release}`;
   input.signal?.throwIfAborted();
-  for await (const e of await debTarEntries(input.kernelDeb.path, "data")) {
+  // Only the selected modules' contents (and the kernel's, unless the first pass has it) are read into memory.
+  const selected = (path: string) => {
+    const m = MOD_PREFIX.exec(path);
+    return m ? wanted.has(m[2] as string) : !vmlinuz && BOOT.exec(path)?.[1] === release;
+  };
+  for await (const e of await debTarEntries(input.kernelDeb.path, "data", { wantData: selected })) {
     if (!vmlinuz && e.type === "file" && e.path.replace(/^\.\//, "") === `boot/vmlinuz-${release}`) vmlinuz = e.data;
     const m = MOD_PREFIX.exec(e.path);
     if (m && e.type === "file" && wanted.has(m[2] as string)) root.addFile(`${base}/${m[2]}`, e.data);

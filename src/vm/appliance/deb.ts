@@ -6,7 +6,7 @@ import { open } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { VmdibError } from "../../errors.js";
-import { readTar, type TarEntry } from "./tar.js";
+import { type ReadTarOptions, readTar, type TarEntry } from "./tar.js";
 
 export interface ArMember {
   name: string;
@@ -73,8 +73,12 @@ export async function readArMembers(path: string): Promise<ArMemberRef[]> {
 }
 
 /** The entries of a .deb's data or control tar, streamed from the file (one entry's contents in memory at a time). */
-export async function debTarEntries(path: string, which: "data" | "control"): Promise<AsyncGenerator<TarEntry>> {
-  return readTar(decompressMember(debTarMember(await readArMembers(path), which)));
+export async function debTarEntries(
+  path: string,
+  which: "data" | "control",
+  opts: ReadTarOptions = {},
+): Promise<AsyncGenerator<TarEntry & { skipped?: boolean }>> {
+  return readTar(decompressMember(debTarMember(await readArMembers(path), which)), opts);
 }
 
 /** The member named `<prefix>.tar[.xz|.zst|.gz]` (prefix "data" or "control"). */

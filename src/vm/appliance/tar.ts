@@ -34,7 +34,11 @@ const TYPES: Record<string, TarType> = {
 /** A byte stream (e.g. a Readable) or, for tests, a list of chunks. */
 export type TarSource = AsyncIterable<Buffer | string> | Iterable<Buffer | string>;
 
-/** Byte source with "give me exactly n bytes" on top of an async iterable of chunks. */
+/**
+ * Byte source with "give me exactly n bytes" on top of an async iterable of chunks. A body is copied once into a
+ * buffer of its own size, and what is left of the last chunk stays a view of that chunk: no intermediate
+ * concatenation, nothing large kept alive by a small remainder (the kernel package streams ~400 MB through here).
+ */
 class ByteReader {
   private chunks: Buffer[] = [];
   private length = 0;
@@ -45,8 +49,8 @@ class ByteReader {
     this.it = Symbol.asyncIterator in source ? source[Symbol.asyncIterator]() : source[Symbol.iterator]();
   }
 
-  /** Exactly n bytes, or undefined if the stream ends first (only when no bytes at all are left with `allowEof`). */
-  async read(n: number): Promise<Buffer | undefined> {
+  /** Pull chunks until at least n bytes are buffered (or the stream ends). */
+  private async fill(n: number): Promise<void> {
     while (this.length < n && !this.done) {
       const r = await this.it.next();
       if (r.done) this.done = true;
@@ -56,17 +60,47 @@ class ByteReader {
         this.length += b.length;
       }
     }
-    if (this.length < n) return undefined;
-    const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks, this.length);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.chunks = rest.length ? [rest] : [];
-    this.length = rest.length;
-    return n === all.length ? out : Buffer.from(out); // copy so the big concat buffer can be freed
   }
 
+  /** Exactly n bytes (a copy, or the whole of one chunk), or undefined if the stream ends first. */
+  async read(n: number): Promise<Buffer | undefined> {
+    await this.fill(n);
+    if (this.length < n) return undefined;
+    const first = this.chunks[0] as Buffer;
+    if (first.length === n) {
+      this.chunks.shift();
+      this.length -= n;
+      return first;
+    }
+    const out = Buffer.allocUnsafe(n);
+    this.take(n, (c, off) => c.copy(out, off));
+    return out;
+  }
+
+  /** Drop n bytes without copying them. */
   async skip(n: number): Promise<void> {
-    if (n > 0 && !(await this.read(n))) throw new Error("tar stream truncated");
+    let left = n;
+    while (left > 0) {
+      await this.fill(1);
+      if (!this.length) throw new Error("tar stream truncated");
+      const k = Math.min(left, this.length);
+      this.take(k, () => {});
+      left -= k;
+    }
+  }
+
+  /** Remove the first n buffered bytes, handing each piece (and its offset) to `use`. */
+  private take(n: number, use: (piece: Buffer, offset: number) => void): void {
+    let off = 0;
+    while (off < n) {
+      const c = this.chunks[0] as Buffer;
+      const k = Math.min(c.length, n - off);
+      use(c.subarray(0, k), off);
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+      off += k;
+    }
+    this.length -= n;
   }
 
   async close(): Promise<void> {
@@ -115,8 +149,19 @@ function parsePax(data: Buffer): Map<string, string> {
   return out;
 }
 
+export interface ReadTarOptions {
+  /**
+   * Whether a regular file's contents are wanted (default: all). An unwanted body is skipped, not read into memory:
+   * its entry comes with empty `data` and `skipped` set.
+   */
+  wantData?: (path: string, size: number) => boolean;
+}
+
 /** Entries of a tar stream. Stops at the end-of-archive marker (two zero blocks) or the end of the stream. */
-export async function* readTar(source: TarSource): AsyncGenerator<TarEntry> {
+export async function* readTar(
+  source: TarSource,
+  opts: ReadTarOptions = {},
+): AsyncGenerator<TarEntry & { skipped?: boolean }> {
   const r = new ByteReader(source);
   let longName: string | undefined;
   let longLink: string | undefined;
@@ -161,6 +206,11 @@ export async function* readTar(source: TarSource): AsyncGenerator<TarEntry> {
       longLink = undefined;
       pax = new Map();
       if (!type) throw new Error(`unsupported tar entry type '${typeflag}' for ${path}`);
+      if (entry.type === "file" && opts.wantData && !opts.wantData(path, size)) {
+        await r.skip(padded);
+        yield { ...entry, skipped: true };
+        continue;
+      }
       if (entry.type === "file") {
         const body = size ? await r.read(size) : Buffer.alloc(0);
         if (!body) throw new Error(`tar stream truncated in ${path}`);
