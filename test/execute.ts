@@ -387,7 +387,7 @@ t.test("a tree cache hit: the saved tree is extracted once, straight into the mo
     "no root.d … post-root.d, no copy-root: the tree is restored after the image is mounted",
   );
   const restore = steps.find((s) => s.step === "restore-tree")?.line ?? "";
-  t.match(restore, `tar -C /vmdib/build -xpf ${file}`);
+  t.match(restore, `tar -C /vmdib/build -b 256 -xpf ${file}`);
   t.match(restore, "--transform='s,^\\./built\\(/\\|$\\),./mnt\\1,S'", "./built lands in mnt/, the image");
   t.match(fstab, "> /vmdib/build/mnt/etc/fstab", "the fstab goes into the image, over the tree's");
   t.match(sizeInfo(events), "(tree 4096 KiB)", "the image is sized from the saved tree's recorded size");

@@ -1,8 +1,9 @@
 // The phase-level cache end to end: a first build of the tiny-os fixture saves the tree after post-root.d; after a
-// finalise.d edit the second build restores that tree (root.d … post-root.d do not run) and the image has both the
-// cached install.d output and the new finalise.d output.
+// finalise.d edit the second build restores that tree straight into its mounted image (root.d … post-root.d and
+// copy-root do not run), the image is as big as the first, and it has both the cached install.d output and the new
+// finalise.d output.
 import { randomUUID } from "node:crypto";
-import { cp, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { cp, mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -51,6 +52,9 @@ t.test("a rebuild with only a finalise.d change reuses the tree and runs the lat
   t.match(second, new RegExp(`tree cache hit ${miss?.[1]}`), "the same key hits");
   t.notMatch(second, /==> (root|install) /, "root.d … post-root.d did not run");
   t.match(second, /==> restore-tree/);
+  t.notMatch(second, /==> copy-root/, "the tree was written once, into the image");
+  const size = async (name: string) => (await stat(join(dir, "out", `${name}.raw`))).size;
+  t.equal(await size("second"), await size("first"), "sized from the tree size saved with it: as big as the first");
   t.match(await cat("second", "/etc/vmdib-tiny"), /element=block-device-mbr tiny-os/, "install.d's file, from cache");
   t.equal(await cat("second", "/etc/vmdib-finalise-mark"), "two", "the edited finalise.d ran");
 });
