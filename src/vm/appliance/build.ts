@@ -8,6 +8,7 @@ import { sha256File, writeAtomic } from "./archive.js";
 import { CpioWriter, S_IFREG } from "./cpio.js";
 import { debTarEntries, debTarMember, decompressMember, readArMembers } from "./deb.js";
 import { extractVmlinux } from "./kernel.js";
+import { releaseGarbage } from "./memory.js";
 import { buildModuleFiles, type ModuleInfo, moduleInfo, parseBuiltin, selectModules } from "./modules.js";
 import { RootfsWriter } from "./rootfs.js";
 import { readTar, type TarEntry } from "./tar.js";
@@ -104,6 +105,7 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
     });
 
     t0 = Date.now();
+    releaseGarbage(); // the last packages' contents, before the kernel package streams through
     const kernel = await addKernel(root, input, kernelFile);
     onEvent?.({
       type: "step",
@@ -207,6 +209,7 @@ async function addKernel(
   const wanted = new Set(sel.order.map((m) => m.path));
   const base = `usr/lib/modules/${release}`;
   input.signal?.throwIfAborted();
+  releaseGarbage(); // the first pass's buffers and module infos
   // Only the selected modules' contents (and the kernel's, unless the first pass has it) are read into memory.
   const selected = (path: string) => {
     const m = MOD_PREFIX.exec(path);

@@ -19,6 +19,7 @@ import {
 } from "./archive.js";
 import { assembleAppliance } from "./build.js";
 import { resolveClosure } from "./closure.js";
+import { releaseGarbage } from "./memory.js";
 import type { DebPackage, PackageIndex } from "./packages.js";
 import { loadApplianceSpec } from "./spec.js";
 
@@ -262,6 +263,7 @@ export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<App
         }
       }
       t0 = Date.now();
+      releaseGarbage(); // the parsed index, before the .debs are hashed and unpacked
       const debs = await fetchDebs([...packages, kernelPkg], archive);
       onEvent?.({ type: "step", message: "packages fetched and verified", ms: Date.now() - t0 });
       const kernelDeb = debs.find((d) => d.pkg.name === kernelPkg.name);

@@ -214,6 +214,27 @@ class ProviderTable implements ReadonlyMap<string, { pkg: DebPackage; version: s
   }
 }
 
+/** PACKAGE_FIELDS by name length, names as bytes: a line's field name is matched without making it a string. */
+const FIELDS_BY_LENGTH = new Map<number, [Buffer, keyof DebPackage | "essential-raw"][]>();
+for (const [name, field] of Object.entries(PACKAGE_FIELDS)) {
+  const list = FIELDS_BY_LENGTH.get(name.length) ?? [];
+  list.push([Buffer.from(name, "latin1"), field]);
+  FIELDS_BY_LENGTH.set(name.length, list);
+}
+
+/** The kept field whose name is bytes [start, end) of `buf`, case-insensitively (names are letters, digits and "-"). */
+function fieldAt(buf: Buffer, start: number, end: number): keyof DebPackage | "essential-raw" | undefined {
+  const candidates = FIELDS_BY_LENGTH.get(end - start);
+  if (!candidates) return undefined;
+  for (const [name, field] of candidates) {
+    let i = 0;
+    // | 0x20 lower-cases an ASCII letter and leaves digits and "-" as they are.
+    while (i < name.length && ((buf[start + i] as number) | 0x20) === name[i]) i++;
+    if (i === name.length) return field;
+  }
+  return undefined;
+}
+
 /**
  * An incremental Packages parser over byte chunks (pure). The decompressed index of a Debian suite is ~50 MB and
  * only a few fields matter: lines are scanned in the chunk's bytes, and only the values kept become (small, flat)
@@ -285,7 +306,7 @@ export class PackagesParser {
     this.last = undefined;
     const colon = buf.indexOf(COLON, start);
     if (colon <= start || colon >= end) return;
-    const field = PACKAGE_FIELDS[buf.toString("latin1", start, colon).toLowerCase()];
+    const field = fieldAt(buf, start, colon);
     if (!field) return;
     this.cur[field] = buf.toString("utf8", colon + 1, end).trim();
     this.last = field;
