@@ -13,7 +13,7 @@ import type { BlockDeviceConfig } from "./blockdev/config.js";
 import { type BlockDevicePlan, planBlockDevice } from "./blockdev/graph.js";
 import { buildCleanupScript, buildFstabScript, buildSetupScript, buildUmountScript } from "./blockdev/script.js";
 import { imageSizeBytes, TiB } from "./blockdev/size.js";
-import { restoreTreeCommand, saveTreeCommand } from "./cache/tree.js";
+import { RECORD_BLOCKS, restoreTreeCommand, saveTreeCommand } from "./cache/tree.js";
 import { withCleanup } from "./cleanup.js";
 import type { BuildOptions, ImageType } from "./config.js";
 import { VmdibError } from "./errors.js";
@@ -150,6 +150,9 @@ export function treeOutputCommands(
       root,
       "-cf",
       file,
+      // Large records: the file is on a 9p share, where each record written is a round trip to the host.
+      "-b",
+      String(RECORD_BLOCKS),
       // Owners by number: the image's /etc/passwd, not the appliance's, names them.
       "--numeric-owner",
       // File capabilities (ping, ...) live in security.* xattrs.

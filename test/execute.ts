@@ -66,7 +66,7 @@ t.test("tree outputs are made in the guest; disk formats are not", async (t) => 
   const text = cmds.join("\n");
   t.match(
     text,
-    /^tar -C \/mnt -cf \/out\/tar --numeric-owner --xattrs '--xattrs-include=\*' .*'--exclude=\.\/proc\/\*'/m,
+    /^tar -C \/mnt -cf \/out\/tar -b 256 --numeric-owner --xattrs '--xattrs-include=\*' .*'--exclude=\.\/proc\/\*'/m,
   );
   t.match(text, /^mksquashfs \/mnt \/out\/squashfs -comp xz .* -e 'proc\/\*' -e 'sys\/\*'/m);
   t.match(text, /'--transform=s,\^\\\.,rootfs,S'/, "aci puts the tree under rootfs/");

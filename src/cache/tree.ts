@@ -68,12 +68,13 @@ export function treeCacheKey(inputs: TreeKeyInputs): string {
 }
 
 /**
- * tar's record size for the saved tree, in 512-byte blocks (128 KiB). The cache is a 9p share mounted `sync`, and tar
- * reads and writes the archive one record per call, each a round trip to the host: with tar's default 10 KiB records,
- * reading a 1 GB tree took 80 s under TCG, with 128 KiB records 16 s (`cat` of the file alone: 7 s); a save 51 s vs
- * 36 s piped through cat. Any record size reads any saved tree (a shorter last record is fine).
+ * tar's record size for archives on a 9p share (the saved tree, tar outputs), in 512-byte blocks (128 KiB). The
+ * shares are mounted `sync`, and tar reads and writes an archive one record per call, each a round trip to the host:
+ * with tar's default 10 KiB records, reading a 1 GB tree took 80 s under TCG, with 128 KiB records 16 s (`cat` of the
+ * file alone: 7 s); a save 51 s vs 36 s piped through cat. Any record size reads any saved tree (a shorter last
+ * record is fine).
  */
-const RECORD_BLOCKS = 256;
+export const RECORD_BLOCKS = 256;
 
 /** Guest command that saves the build directory (the stashed tree and the state phases left) to `file`. */
 export function saveTreeCommand(buildDir: string, file: string): string {
