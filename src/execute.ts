@@ -508,8 +508,7 @@ mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 6
     for (const name of ["pre-finalise", "finalise", "cleanup"]) await phase(name);
 
     const treeCmds = treeOutputCommands(plan.outputs, GUEST_PATHS.targetRoot, GUEST_PATHS.out, plan.arch);
-    if (treeCmds.length > 0)
-      await runStep("tree-outputs", ["bash", "-c", `set -eu -o pipefail\n${treeCmds.join("\n")}`]);
+    if (treeCmds.length > 0) await runStep("tree-outputs", strictBash(treeCmds.join("\n")));
     // Chroot mounts only: the block device's own mounts (DIB_MOUNTPOINTS, /boot/efi) are the umount script's.
     if (legacy) {
       // The hook's mounts are the tree and below it: unmount them (trimmed first, so the image stays sparse), then
@@ -525,7 +524,7 @@ mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 6
       await phase("unmount");
       await script("blockdev-umount", buildUmountScript(layout));
     }
-    await runStep("finish", ["bash", "-c", `set -eu -o pipefail\n${finishCommands(build.binds).join("\n")}`]);
+    await runStep("finish", strictBash(finishCommands(build.binds).join("\n")));
     finished = true;
 
     // The disk holds the image in its first sizeBytes; the rest of the sparse capacity was never written.

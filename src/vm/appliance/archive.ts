@@ -10,7 +10,7 @@ import { pipeline } from "node:stream/promises";
 import { createGunzip } from "node:zlib";
 import { VmdibError } from "../../errors.js";
 import { redactUrl } from "../../mirror.js";
-import { spawnFilter } from "./deb.js";
+import { pipeErrors, spawnFilter } from "./deb.js";
 import { type DebPackage, type PackageIndex, PackagesParser, parseReleaseSha256 } from "./packages.js";
 
 /** Progress the library reports; the CLI decides how to print it. */
@@ -367,9 +367,7 @@ export async function parsePackagesFile(path: string, arch: string): Promise<Pac
 /** The decompressed bytes of a cached Packages file (`.xz` or `.gz`), as a stream. */
 export function readPackagesFile(path: string): Readable {
   const file = createReadStream(path);
-  const text = path.endsWith(".xz") ? spawnFilter("xz", ["-dc"], file) : file.pipe(createGunzip());
-  file.on("error", (err) => text.destroy(err));
-  return text;
+  return path.endsWith(".xz") ? spawnFilter("xz", ["-dc"], file) : pipeErrors(file, createGunzip());
 }
 
 export interface FetchedDeb {

@@ -1,5 +1,5 @@
-// .deb files: the ar container (a pure parser of a buffer, or the member table of a file) and decompressing its tar
-// members with the host's xz/zstd or node's zlib, streamed from the file.
+// .deb files: the ar container's member table, read from the file, and decompressing its tar members with the host's
+// xz/zstd or node's zlib, streamed from the file.
 import { spawn } from "node:child_process";
 import { createReadStream } from "node:fs";
 import { open } from "node:fs/promises";
@@ -7,11 +7,6 @@ import { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { VmdibError } from "../../errors.js";
 import { type ReadTarOptions, readTar, type TarEntry } from "./tar.js";
-
-export interface ArMember {
-  name: string;
-  data: Buffer;
-}
 
 /** A member of an ar archive on disk: where its bytes are, not the bytes. */
 export interface ArMemberRef {
@@ -22,24 +17,6 @@ export interface ArMemberRef {
 }
 
 const AR_MAGIC = "!<arch>\n";
-
-/** The members of an ar archive (the .deb container), in order. Data are views into `buf`, not copies. */
-export function parseAr(buf: Buffer): ArMember[] {
-  if (buf.subarray(0, 8).toString("latin1") !== AR_MAGIC) throw new Error("not an ar archive (bad magic)");
-  const out: ArMember[] = [];
-  let off = 8;
-  while (off + 60 <= buf.length) {
-    const header = buf.subarray(off, off + 60).toString("latin1");
-    if (header.slice(58, 60) !== "`\n") throw new Error(`ar header at offset ${off} is corrupt`);
-    // GNU ar ends short names with "/"; dpkg writes names without it. Both are accepted.
-    const name = header.slice(0, 16).trim().replace(/\/$/, "");
-    const size = Number.parseInt(header.slice(48, 58).trim(), 10);
-    if (!Number.isFinite(size) || off + 60 + size > buf.length) throw new Error(`ar member '${name}' is truncated`);
-    out.push({ name, data: buf.subarray(off + 60, off + 60 + size) });
-    off += 60 + size + (size % 2); // members are 2-byte aligned
-  }
-  return out;
-}
 
 /**
  * The members of the ar archive at `path`, read from their 60-byte headers only: a .deb (the kernel's is ~70 MB) is
@@ -59,12 +36,13 @@ export async function readArMembers(path: string): Promise<ArMemberRef[]> {
       const header = head.subarray(0, bytesRead).toString("latin1");
       if (bytesRead < 60 || header.slice(58, 60) !== "`\n")
         throw new Error(`${path}: ar header at offset ${off} is corrupt`);
+      // GNU ar ends short names with "/"; dpkg writes names without it. Both are accepted.
       const name = header.slice(0, 16).trim().replace(/\/$/, "");
       const size = Number.parseInt(header.slice(48, 58).trim(), 10);
       if (!Number.isFinite(size) || off + 60 + size > total)
         throw new Error(`${path}: ar member '${name}' is truncated`);
       out.push({ name, path, offset: off + 60, size });
-      off += 60 + size + (size % 2);
+      off += 60 + size + (size % 2); // members are 2-byte aligned
     }
     return out;
   } finally {
@@ -92,15 +70,14 @@ export function debTarMember<M extends { name: string }>(members: M[], prefix: "
  * A readable of the decompressed member. xz and zstd run as child processes (faster than any JS decoder and
  * available on every host vmdib supports); gzip uses node's zlib. A decoder failure surfaces as a stream error.
  */
-export function decompressMember(member: ArMember | ArMemberRef): Readable {
+export function decompressMember(member: ArMemberRef): Readable {
   const ext = member.name.slice(member.name.lastIndexOf(".") + 1);
   if (!["tar", "gz", "xz", "zst"].includes(ext)) throw new Error(`unsupported compression '${ext}' in ${member.name}`);
+  // An empty member has no byte range to read (createReadStream's `end` is inclusive).
   const input =
-    "data" in member
-      ? member.data
-      : member.size === 0
-        ? Buffer.alloc(0)
-        : createReadStream(member.path, { start: member.offset, end: member.offset + member.size - 1 });
+    member.size === 0
+      ? Buffer.alloc(0)
+      : createReadStream(member.path, { start: member.offset, end: member.offset + member.size - 1 });
   const readable = () => (Buffer.isBuffer(input) ? Readable.from([input]) : input);
   if (ext === "tar") return readable();
   if (ext === "gz") return pipeErrors(readable(), createGunzip());
@@ -109,7 +86,7 @@ export function decompressMember(member: ArMember | ArMemberRef): Readable {
 }
 
 /** `from.pipe(to)`, with an error of `from` (e.g. an unreadable file) also ending `to`. */
-function pipeErrors(from: Readable, to: NodeJS.ReadWriteStream & Readable): Readable {
+export function pipeErrors(from: Readable, to: NodeJS.ReadWriteStream & Readable): Readable {
   from.on("error", (err) => to.destroy(err));
   return from.pipe(to);
 }
