@@ -143,6 +143,9 @@ export class SshSession {
         keepaliveCountMax: opts.keepaliveCountMax ?? 12,
       });
     });
+    // No Nagle: each command is a few small packets each way, and Nagle held one back for the guest's delayed ACK
+    // (measured in the appliance: 62 ms per quick exec with it, 17 ms without).
+    client.setNoDelay(true);
     return new SshSession(client);
   }
 
@@ -150,31 +153,48 @@ export class SshSession {
     return this.#closed;
   }
 
-  #channel(open: (cb: (err: Error | undefined, ch: ClientChannel) => void) => void): Promise<ClientChannel> {
+  /**
+   * Open a channel and follow it. `#follow` attaches its listeners inside ssh2's callback, before anything else runs:
+   * a quick command's exit status can arrive in the same read as the "exec accepted" reply, and ssh2 emits it at once.
+   */
+  #run(
+    open: (cb: (err: Error | undefined, ch: ClientChannel) => void) => void,
+    opts: ExecOptions,
+    interactive = false,
+    onOpen?: (ch: ClientChannel) => void,
+  ): Promise<ExitStatus> {
     if (this.#closed) return Promise.reject(new ConnectionLost("the SSH connection to the appliance is closed"));
-    return new Promise((resolve, reject) => open((err, ch) => (err ? reject(err) : resolve(ch))));
+    return new Promise((resolve, reject) =>
+      open((err, ch) => {
+        if (err) return reject(err);
+        onOpen?.(ch);
+        this.#follow(ch, opts, interactive).then(resolve, reject);
+      }),
+    );
   }
 
   /** Run `command` (a shell command line) and stream its output; resolves with its exit status. */
   async exec(command: string, opts: ExecOptions = {}): Promise<ExitStatus> {
     opts.signal?.throwIfAborted();
-    const ch = await this.#channel((cb) =>
-      this.#client.exec(command, opts.env ? { env: { ...opts.env } } : {}, (err, channel) => cb(err, channel)),
+    return await this.#run(
+      (cb) => this.#client.exec(command, opts.env ? { env: { ...opts.env } } : {}, (err, channel) => cb(err, channel)),
+      opts,
     );
-    return await this.#follow(ch, opts);
   }
 
   /** An interactive login shell on a pseudo-terminal; resolves when it exits. */
   async shell(opts: ShellOptions): Promise<ExitStatus> {
     const pty = { term: opts.term, cols: opts.cols, rows: opts.rows };
     const env = opts.env ? { env: { ...opts.env } } : {};
-    const ch = await this.#channel((cb) =>
-      opts.command === undefined
-        ? this.#client.shell(pty, env, (err, channel) => cb(err, channel))
-        : this.#client.exec(opts.command, { pty, ...env }, (err, channel) => cb(err, channel)),
+    return await this.#run(
+      (cb) =>
+        opts.command === undefined
+          ? this.#client.shell(pty, env, (err, channel) => cb(err, channel))
+          : this.#client.exec(opts.command, { pty, ...env }, (err, channel) => cb(err, channel)),
+      { stdout: opts.stdout, stdin: opts.stdin },
+      true,
+      (ch) => opts.onResize?.((cols, rows) => ch.setWindow(rows, cols, 0, 0)),
     );
-    opts.onResize?.((cols, rows) => ch.setWindow(rows, cols, 0, 0));
-    return await this.#follow(ch, { stdout: opts.stdout, stdin: opts.stdin }, true);
   }
 
   #follow(ch: ClientChannel, opts: ExecOptions, interactive = false): Promise<ExitStatus> {
