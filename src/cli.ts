@@ -4,6 +4,7 @@ import type { Command, CommandContext } from "./commands/context.js";
 import { VmdibError } from "./errors.js";
 import { redactSecrets } from "./redact.js";
 import { VERSION } from "./version.js";
+import { limitYoungGeneration } from "./vm/appliance/memory.js";
 
 /** Subcommands, loaded lazily so `vmdib --version` stays fast. */
 const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
@@ -140,6 +141,7 @@ export function renderError(err: unknown, debug: boolean): string {
 
 /** Process entry used by bin/vmdib: real streams, real signals. */
 export async function run(): Promise<void> {
+  limitYoungGeneration(); // before the commands' modules load and the heap's young generation grows: see memory.ts
   const controller = new AbortController();
   let signalled: NodeJS.Signals | undefined;
   const onSignal = (sig: NodeJS.Signals) => {

@@ -4,7 +4,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { once } from "node:events";
-import { existsSync } from "node:fs";
+import { createReadStream, existsSync } from "node:fs";
 import { type FileHandle, mkdir, open, readdir, readFile, rename, rm, stat, utimes } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Writable } from "node:stream";
@@ -23,9 +23,10 @@ import {
   writeAtomic,
 } from "../vm/appliance/archive.js";
 import { debTarEntries } from "../vm/appliance/deb.js";
+import { limitYoungGeneration } from "../vm/appliance/memory.js";
 import { type DebPackage, type PackageIndex, StanzaSelector } from "../vm/appliance/packages.js";
 import { normalizePath } from "../vm/appliance/rootfs.js";
-import { buildTar, type TarEntry } from "../vm/appliance/tar.js";
+import { buildTarHead, type TarEntry, tarPadding } from "../vm/appliance/tar.js";
 
 /** Bumped whenever the tarball's layout changes, so older cached tarballs are not reused. */
 export const STAGE1_FORMAT = 3;
@@ -240,8 +241,30 @@ class Stage1Tar {
     this.kinds.set(path, e.type);
     const full: Partial<TarEntry> = { uid: 0, gid: 0, mtime: this.mtime, ...e, path: path === "" ? "./" : `./${path}` };
     if (e.type === "dir" && path !== "") full.path = `./${path}/`;
-    const buf = buildTar([full]);
-    await this.write(buf.subarray(0, buf.length - 1024)); // without the end-of-archive marker
+    // Head, body and padding written as they are: a body is never copied into one buffer with its header.
+    const size = e.type === "file" ? (e.data?.length ?? 0) : 0;
+    await this.write(buildTarHead(full, size));
+    if (size) {
+      await this.write(e.data as Buffer);
+      await this.write(tarPadding(size));
+    }
+  }
+
+  /** A regular file whose contents are read from `src` as they are written (a .deb is not held in memory). */
+  async fileFrom(path: string, src: string, mode = 0o644): Promise<void> {
+    const name = normalizePath(path);
+    await this.ensureParents(name);
+    this.kinds.set(name, "file");
+    const { size } = await stat(src);
+    await this.write(buildTarHead({ uid: 0, gid: 0, mtime: this.mtime, path: `./${name}`, type: "file", mode }, size));
+    let copied = 0;
+    // A fresh chunk per read: the pipe to zstd may still hold the previous one.
+    for await (const chunk of createReadStream(src)) {
+      copied += (chunk as Buffer).length;
+      await this.write(chunk as Buffer);
+    }
+    if (copied !== size) throw new Error(`${src} changed size while it was copied (${size} -> ${copied} bytes)`);
+    await this.write(tarPadding(size));
   }
 
   async dir(path: string, mode = 0o755): Promise<void> {
@@ -376,7 +399,7 @@ export async function writeStage1Tar(spec: Stage1Spec, dest: string): Promise<vo
     // The .debs (debootstrap downloads all before extracting) and its state files.
     for (const name of debpaths) {
       const d = spec.debs.get(name) as FetchedDeb;
-      await tar.file(debCachePath(d.pkg), await readFile(d.path));
+      await tar.fileFrom(debCachePath(d.pkg), d.path);
     }
     const lines = (f: (d: FetchedDeb) => string) => debpaths.map((n) => `${f(spec.debs.get(n) as FetchedDeb)}\n`);
     await tar.file("debootstrap/debpaths", lines((d) => `${d.pkg.name} /${debCachePath(d.pkg)}`).join(""));
@@ -497,6 +520,7 @@ export async function prepareDebootstrapStage1(req: Stage1Request): Promise<Stag
     req.onEvent?.({ type: "step", message: `debootstrap stage one runs in the guest: ${plan.reason}` });
     return undefined;
   }
+  limitYoungGeneration(); // the index, the downloads and the tarball: see memory.ts
   const t0 = Date.now();
   const archive: ArchiveOptions = {
     mirror: plan.mirror,

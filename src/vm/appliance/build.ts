@@ -172,7 +172,8 @@ async function addKernel(
       meta = JSON.parse(await readFile(cacheFile, "utf8")) as KernelMeta;
     } catch {}
   }
-  let vmlinuz: Buffer | undefined;
+  // The bzImage (~8 MB) is written as soon as it streams past, not held through both passes.
+  let kernelWritten = false;
   if (!meta) {
     const infos: ModuleInfo[] = [];
     let release: string | undefined;
@@ -183,7 +184,8 @@ async function addKernel(
     for await (const e of await debTarEntries(input.kernelDeb.path, "data", { wantData })) {
       const boot = BOOT.exec(e.path);
       if (boot && e.type === "file") {
-        vmlinuz = e.data;
+        await writeFile(kernelFile, e.data);
+        kernelWritten = true;
         release = boot[1];
         continue;
       }
@@ -197,7 +199,7 @@ async function addKernel(
         extras[rel] = e.data.toString("base64");
       }
     }
-    if (!vmlinuz || !release) throw new VmdibError(`${input.kernelDeb.pkg.name} contains no /boot/vmlinuz-*`);
+    if (!kernelWritten || !release) throw new VmdibError(`${input.kernelDeb.pkg.name} contains no /boot/vmlinuz-*`);
     meta = { release, infos, extras };
     if (cacheFile) await writeAtomic(cacheFile, JSON.stringify(meta));
   }
@@ -213,15 +215,17 @@ async function addKernel(
   // Only the selected modules' contents (and the kernel's, unless the first pass has it) are read into memory.
   const selected = (path: string) => {
     const m = MOD_PREFIX.exec(path);
-    return m ? wanted.has(m[2] as string) : !vmlinuz && BOOT.exec(path)?.[1] === release;
+    return m ? wanted.has(m[2] as string) : !kernelWritten && BOOT.exec(path)?.[1] === release;
   };
   for await (const e of await debTarEntries(input.kernelDeb.path, "data", { wantData: selected })) {
-    if (!vmlinuz && e.type === "file" && e.path.replace(/^\.\//, "") === `boot/vmlinuz-${release}`) vmlinuz = e.data;
+    if (!kernelWritten && e.type === "file" && e.path.replace(/^\.\//, "") === `boot/vmlinuz-${release}`) {
+      await writeFile(kernelFile, e.data);
+      kernelWritten = true;
+    }
     const m = MOD_PREFIX.exec(e.path);
     if (m && e.type === "file" && wanted.has(m[2] as string)) root.addFile(`${base}/${m[2]}`, e.data);
   }
-  if (!vmlinuz) throw new VmdibError(`${input.kernelDeb.pkg.name} contains no /boot/vmlinuz-${release}`);
-  await writeFile(kernelFile, vmlinuz);
+  if (!kernelWritten) throw new VmdibError(`${input.kernelDeb.pkg.name} contains no /boot/vmlinuz-${release}`);
   for (const [name, data] of extras) root.addFile(`${base}/${name}`, data);
   const files = buildModuleFiles(sel.order, extras.get("modules.builtin")?.toString() ?? "");
   root.addFile(`${base}/modules.dep`, files.dep);

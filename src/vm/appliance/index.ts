@@ -19,7 +19,7 @@ import {
 } from "./archive.js";
 import { assembleAppliance } from "./build.js";
 import { resolveClosure } from "./closure.js";
-import { releaseGarbage } from "./memory.js";
+import { limitYoungGeneration, releaseGarbage } from "./memory.js";
 import type { DebPackage, PackageIndex } from "./packages.js";
 import { loadApplianceSpec } from "./spec.js";
 
@@ -184,6 +184,7 @@ function resolutionInputs(parts: { mirror: string; release: string; yaml: string
  */
 export async function ensureAppliance(opts: EnsureApplianceOptions): Promise<Appliance> {
   const { env, offline, onEvent, signal } = opts;
+  limitYoungGeneration(); // a cold appliance streams ~500 MB through the controller: see memory.ts
   const guestDir = opts.guestDir ?? GUEST_DIR;
   const spec = loadApplianceSpec(guestDir);
   const initPath = opts.initPath ?? join(guestDir, "init");

@@ -226,52 +226,66 @@ export async function* readTar(
   }
 }
 
+const TYPE_FLAGS: Record<TarType, string> = {
+  file: "0",
+  hardlink: "1",
+  symlink: "2",
+  chardev: "3",
+  blockdev: "4",
+  dir: "5",
+  fifo: "6",
+};
+
+function header(name: string, typeflag: string, size: number, e: Partial<TarEntry>): Buffer {
+  const h = Buffer.alloc(512);
+  h.write(name.slice(0, 100), 0, "utf8");
+  h.write(`${((e.mode ?? 0o644) & 0o7777).toString(8).padStart(7, "0")}\0`, 100);
+  h.write(`${(e.uid ?? 0).toString(8).padStart(7, "0")}\0`, 108);
+  h.write(`${(e.gid ?? 0).toString(8).padStart(7, "0")}\0`, 116);
+  h.write(`${size.toString(8).padStart(11, "0")}\0`, 124);
+  h.write(`${(e.mtime ?? 0).toString(8).padStart(11, "0")}\0`, 136);
+  h.write(typeflag, 156);
+  h.write((e.linkname ?? "").slice(0, 100), 157);
+  h.write("ustar  \0", 257); // GNU magic + version
+  h.write(`${(e.devmajor ?? 0).toString(8).padStart(7, "0")}\0`, 329);
+  h.write(`${(e.devminor ?? 0).toString(8).padStart(7, "0")}\0`, 337);
+  h.write("        ", 148);
+  let sum = 0;
+  for (const b of h) sum += b;
+  h.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+  return h;
+}
+
+/** The zero bytes that pad a body of `size` bytes to whole 512-byte blocks. */
+export function tarPadding(size: number): Buffer {
+  return Buffer.alloc((512 - (size % 512)) % 512);
+}
+
+/**
+ * The blocks in front of an entry's body (pure): GNU long-name records when needed, then its ustar header; a regular
+ * file's `size` bytes and tarPadding(size) follow. For a writer that streams a body instead of holding it.
+ */
+export function buildTarHead(e: Partial<TarEntry>, size: number): Buffer {
+  const blocks: Buffer[] = [];
+  const path = e.path ?? "";
+  const longRecord = (flag: string, name: string) => {
+    const n = Buffer.from(`${name}\0`);
+    blocks.push(header("././@LongLink", flag, n.length, {}), n, tarPadding(n.length));
+  };
+  if (Buffer.byteLength(path) > 100) longRecord("L", path);
+  if (Buffer.byteLength(e.linkname ?? "") > 100) longRecord("K", e.linkname ?? "");
+  const type = e.type ?? "file";
+  blocks.push(header(path, TYPE_FLAGS[type], type === "file" ? size : 0, e));
+  return blocks.length === 1 ? (blocks[0] as Buffer) : Buffer.concat(blocks);
+}
+
 /** A tar archive from entries (pure; ustar with GNU long names). Used by tests and fixtures. */
 export function buildTar(entries: Partial<TarEntry>[]): Buffer {
   const blocks: Buffer[] = [];
-  const flag: Record<TarType, string> = {
-    file: "0",
-    hardlink: "1",
-    symlink: "2",
-    chardev: "3",
-    blockdev: "4",
-    dir: "5",
-    fifo: "6",
-  };
-  const header = (name: string, typeflag: string, size: number, e: Partial<TarEntry>) => {
-    const h = Buffer.alloc(512);
-    h.write(name.slice(0, 100), 0, "utf8");
-    h.write(`${((e.mode ?? 0o644) & 0o7777).toString(8).padStart(7, "0")}\0`, 100);
-    h.write(`${(e.uid ?? 0).toString(8).padStart(7, "0")}\0`, 108);
-    h.write(`${(e.gid ?? 0).toString(8).padStart(7, "0")}\0`, 116);
-    h.write(`${size.toString(8).padStart(11, "0")}\0`, 124);
-    h.write(`${(e.mtime ?? 0).toString(8).padStart(11, "0")}\0`, 136);
-    h.write(typeflag, 156);
-    h.write((e.linkname ?? "").slice(0, 100), 157);
-    h.write("ustar  \0", 257); // GNU magic + version
-    h.write(`${(e.devmajor ?? 0).toString(8).padStart(7, "0")}\0`, 329);
-    h.write(`${(e.devminor ?? 0).toString(8).padStart(7, "0")}\0`, 337);
-    h.write("        ", 148);
-    let sum = 0;
-    for (const b of h) sum += b;
-    h.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
-    return h;
-  };
-  const body = (data: Buffer) => [data, Buffer.alloc((512 - (data.length % 512)) % 512)];
   for (const e of entries) {
-    const path = e.path ?? "";
     const data = e.data ?? Buffer.alloc(0);
-    if (Buffer.byteLength(path) > 100) {
-      const n = Buffer.from(`${path}\0`);
-      blocks.push(header("././@LongLink", "L", n.length, {}), ...body(n));
-    }
-    if (Buffer.byteLength(e.linkname ?? "") > 100) {
-      const n = Buffer.from(`${e.linkname}\0`);
-      blocks.push(header("././@LongLink", "K", n.length, {}), ...body(n));
-    }
-    const type = e.type ?? "file";
-    blocks.push(header(path, flag[type], type === "file" ? data.length : 0, e));
-    if (type === "file") blocks.push(...body(data));
+    blocks.push(buildTarHead(e, data.length));
+    if ((e.type ?? "file") === "file") blocks.push(data, tarPadding(data.length));
   }
   blocks.push(Buffer.alloc(1024));
   return Buffer.concat(blocks);
