@@ -62,18 +62,38 @@ class ByteReader {
     }
   }
 
-  /** Exactly n bytes (a copy, or the whole of one chunk), or undefined if the stream ends first. */
+  /**
+   * Exactly n bytes (a copy, or the whole of one chunk), or undefined if the stream ends first. A body longer than
+   * what is buffered is copied chunk by chunk as the chunks arrive, so it is never in memory twice (the chunks and
+   * the copy): the kernel package's largest module is ~18 MB.
+   */
   async read(n: number): Promise<Buffer | undefined> {
-    await this.fill(n);
-    if (this.length < n) return undefined;
-    const first = this.chunks[0] as Buffer;
-    if (first.length === n) {
+    const first = this.chunks[0];
+    if (first?.length === n) {
       this.chunks.shift();
       this.length -= n;
       return first;
     }
+    if (this.length >= n) {
+      const out = Buffer.allocUnsafe(n);
+      this.take(n, (c, off) => c.copy(out, off));
+      return out;
+    }
+    if (this.length === 0) {
+      await this.fill(1);
+      // The next chunk may be exactly the body.
+      if (this.length >= n || this.done) return this.length < n ? undefined : this.read(n);
+    }
     const out = Buffer.allocUnsafe(n);
-    this.take(n, (c, off) => c.copy(out, off));
+    let off = this.length;
+    this.take(this.length, (c, o) => c.copy(out, o));
+    while (off < n) {
+      await this.fill(1);
+      if (!this.length) return undefined;
+      const k = Math.min(this.length, n - off);
+      this.take(k, (c, o) => c.copy(out, off + o));
+      off += k;
+    }
     return out;
   }
 
