@@ -3,12 +3,12 @@
 // shares, one 2 TiB disk) so that every restore matches the saved machine; backends (directories, disk files, ports)
 // are not in the stream and are the run's own. Per-run keys, mounts and the clock reach the guest over the lifeline.
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { pidAlive } from "../lock.js";
 import { shellQuote } from "../shell.js";
+import { sha256File } from "./appliance/archive.js";
 import { type Accel, accelArgv } from "./qemu.js";
 import type { QmpClient } from "./qmp.js";
 
@@ -78,12 +78,6 @@ export async function snapshotFiles(shape: SnapshotShape): Promise<SnapshotFiles
     .slice(0, 16);
   const dir = dirname(shape.initrd);
   return { key, state: join(dir, `snapshot-${key}.vmstate`), meta: join(dir, `snapshot-${key}.json`) };
-}
-
-async function sha256File(path: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(path, { highWaterMark: 4 << 20 })) h.update(chunk as Buffer);
-  return h.digest("hex");
 }
 
 /**
