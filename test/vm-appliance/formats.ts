@@ -89,6 +89,23 @@ t.test("tar round trip: types, modes, long names, chunked input", async (t) => {
   t.equal(by.get("./bin/tool")?.uid, 1000);
 });
 
+t.test("tar: reuseBuffer gives every body in one shared buffer, valid until the next entry", async (t) => {
+  const tar = buildTar(PKG);
+  const whole = await entriesOf(tar);
+  for (const size of [1, 511, 4096, tar.length]) {
+    const pieces: Buffer[] = [];
+    for (let i = 0; i < tar.length; i += size) pieces.push(tar.subarray(i, i + size));
+    const got: TarEntry[] = [];
+    const buffers = new Set<ArrayBufferLike>();
+    for await (const e of readTar(pieces, { reuseBuffer: true })) {
+      got.push({ ...e, data: Buffer.from(e.data) }); // copied before the next entry overwrites it
+      if (e.data.length) buffers.add(e.data.buffer);
+    }
+    t.same(got, whole, `${size}-byte chunks`);
+    t.equal(buffers.size, 1, "one buffer for all bodies");
+  }
+});
+
 t.test("tar: any chunking gives the same entries; wantData skips bodies without reading them", async (t) => {
   const tar = buildTar(PKG);
   const whole = await entriesOf(tar);

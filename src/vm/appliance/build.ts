@@ -10,7 +10,7 @@ import { debTarEntries, debTarMember, decompressMember, readArMembers } from "./
 import { extractVmlinux } from "./kernel.js";
 import { releaseGarbage } from "./memory.js";
 import { buildModuleFiles, type ModuleInfo, moduleInfo, parseBuiltin, selectModules } from "./modules.js";
-import { RootfsWriter } from "./rootfs.js";
+import { isDropped, mergeUsr, normalizePath, RootfsWriter } from "./rootfs.js";
 import { readTar, type TarEntry } from "./tar.js";
 
 export interface AssembleInput {
@@ -48,8 +48,8 @@ export interface AssembleResult {
   packageBytes: Map<string, number>;
 }
 
-async function collect(gen: AsyncGenerator<TarEntry>): Promise<TarEntry[]> {
-  const out: TarEntry[] = [];
+async function collect<E extends TarEntry>(gen: AsyncGenerator<E>): Promise<E[]> {
+  const out: E[] = [];
   for await (const e of gen) out.push(e);
   return out;
 }
@@ -76,7 +76,15 @@ export async function assembleAppliance(input: AssembleInput): Promise<AssembleR
       for await (const e of readTar(decompressMember(debTarMember(members, "control")))) {
         if (e.type === "file" && e.path.replace(/^\.?\//, "") === "postinst") postinst = e.data.toString("utf8");
       }
-      const entries = await collect(readTar(decompressMember(debTarMember(members, "data"))));
+      const data = debTarMember(members, "data");
+      // Bodies the initramfs leaves out (docs, man pages, locales, appliance.yaml `drop`) are skipped, not read; a
+      // hard link to one still needs its target's contents: then the package is read again, whole.
+      const wantData = (path: string) => !isDropped(mergeUsr(normalizePath(path)), input.drop);
+      let entries = await collect(readTar(decompressMember(data), { wantData }));
+      const skipped = new Set(entries.filter((e) => e.skipped).map((e) => normalizePath(e.path)));
+      if (entries.some((e) => e.type === "hardlink" && skipped.has(normalizePath(e.linkname)))) {
+        entries = await collect(readTar(decompressMember(data)));
+      }
       return { entries, postinst };
     };
     const packageBytes = new Map<string, number>();
@@ -181,7 +189,8 @@ async function addKernel(
     input.signal?.throwIfAborted();
     // Only what this pass reads (every module's modinfo): the package's other files are skipped, not buffered.
     const wantData = (path: string) => BOOT.test(path) || MOD_META.test(path);
-    for await (const e of await debTarEntries(input.kernelDeb.path, "data", { wantData })) {
+    // Each body is used before the next is read (written, or parsed into strings): one buffer for all of them.
+    for await (const e of await debTarEntries(input.kernelDeb.path, "data", { wantData, reuseBuffer: true })) {
       const boot = BOOT.exec(e.path);
       if (boot && e.type === "file") {
         await writeFile(kernelFile, e.data);
@@ -217,7 +226,8 @@ async function addKernel(
     const m = MOD_PREFIX.exec(path);
     return m ? wanted.has(m[2] as string) : !kernelWritten && BOOT.exec(path)?.[1] === release;
   };
-  for await (const e of await debTarEntries(input.kernelDeb.path, "data", { wantData: selected })) {
+  // root.addFile writes a module's bytes to the initramfs at once (cpio.ts writes synchronously): one buffer too.
+  for await (const e of await debTarEntries(input.kernelDeb.path, "data", { wantData: selected, reuseBuffer: true })) {
     if (!kernelWritten && e.type === "file" && e.path.replace(/^\.\//, "") === `boot/vmlinuz-${release}`) {
       await writeFile(kernelFile, e.data);
       kernelWritten = true;

@@ -65,26 +65,27 @@ class ByteReader {
   /**
    * Exactly n bytes (a copy, or the whole of one chunk), or undefined if the stream ends first. A body longer than
    * what is buffered is copied chunk by chunk as the chunks arrive, so it is never in memory twice (the chunks and
-   * the copy): the kernel package's largest module is ~18 MB.
+   * the copy): the kernel package's largest module is ~18 MB. With `into` (at least n bytes) the bytes are copied
+   * there and a view of it is returned.
    */
-  async read(n: number): Promise<Buffer | undefined> {
+  async read(n: number, into?: Buffer): Promise<Buffer | undefined> {
     const first = this.chunks[0];
-    if (first?.length === n) {
+    if (!into && first?.length === n) {
       this.chunks.shift();
       this.length -= n;
       return first;
     }
     if (this.length >= n) {
-      const out = Buffer.allocUnsafe(n);
+      const out = into ? into.subarray(0, n) : Buffer.allocUnsafe(n);
       this.take(n, (c, off) => c.copy(out, off));
       return out;
     }
     if (this.length === 0) {
       await this.fill(1);
       // The next chunk may be exactly the body.
-      if (this.length >= n || this.done) return this.length < n ? undefined : this.read(n);
+      if (this.length >= n || this.done) return this.length < n ? undefined : this.read(n, into);
     }
-    const out = Buffer.allocUnsafe(n);
+    const out = into ? into.subarray(0, n) : Buffer.allocUnsafe(n);
     let off = this.length;
     this.take(this.length, (c, o) => c.copy(out, o));
     while (off < n) {
@@ -175,6 +176,12 @@ export interface ReadTarOptions {
    * its entry comes with empty `data` and `skipped` set.
    */
   wantData?: (path: string, size: number) => boolean;
+  /**
+   * Read every body into one buffer, reused (and grown) from entry to entry: an entry's `data` is valid only until
+   * the next entry is asked for. For a consumer that uses each body at once: the kernel package's two passes read
+   * ~400 MB of modules, and a fresh buffer per module left malloc's heap fragmented and tens of MB larger.
+   */
+  reuseBuffer?: boolean;
 }
 
 /** Entries of a tar stream. Stops at the end-of-archive marker (two zero blocks) or the end of the stream. */
@@ -183,6 +190,12 @@ export async function* readTar(
   opts: ReadTarOptions = {},
 ): AsyncGenerator<TarEntry & { skipped?: boolean }> {
   const r = new ByteReader(source);
+  let scratch: Buffer | undefined;
+  const bodyBuffer = (size: number): Buffer | undefined => {
+    if (!opts.reuseBuffer) return undefined;
+    if (!scratch || scratch.length < size) scratch = Buffer.allocUnsafe(Math.max(size, 1 << 20));
+    return scratch;
+  };
   let longName: string | undefined;
   let longLink: string | undefined;
   let pax = new Map<string, string>();
@@ -232,7 +245,7 @@ export async function* readTar(
         continue;
       }
       if (entry.type === "file") {
-        const body = size ? await r.read(size) : Buffer.alloc(0);
+        const body = size ? await r.read(size, bodyBuffer(size)) : Buffer.alloc(0);
         if (!body) throw new Error(`tar stream truncated in ${path}`);
         entry.data = body;
         await r.skip(padded - size);
