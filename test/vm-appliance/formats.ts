@@ -89,6 +89,29 @@ t.test("tar round trip: types, modes, long names, chunked input", async (t) => {
   t.equal(by.get("./bin/tool")?.uid, 1000);
 });
 
+t.test("tar: bodyTo writes a chosen body to a file instead of memory", async (t) => {
+  const tar = buildTar(PKG);
+  const whole = await entriesOf(tar);
+  const dir = mkdtempSync(join(tmpdir(), "vmdib-tar-"));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  for (const size of [1, 511, 4096]) {
+    const pieces: Buffer[] = [];
+    for (let i = 0; i < tar.length; i += size) pieces.push(tar.subarray(i, i + size));
+    const bodyTo = (path: string) => (path === "./lib/libx.so.1.2" ? join(dir, "body") : undefined);
+    for await (const e of readTar(pieces, { bodyTo })) {
+      const want = whole.find((w) => w.path === e.path);
+      if (e.file) {
+        t.equal(e.data.length, 0);
+        t.same(readFileSync(e.file), want?.data, `${size}-byte chunks: the body is in the file`);
+      } else t.same(e.data, want?.data);
+    }
+  }
+  await t.rejects(async () => {
+    for await (const _ of readTar([tar.subarray(0, 1546)], { bodyTo: () => join(dir, "cut") })) {
+    }
+  }, /truncated/);
+});
+
 t.test("tar: reuseBuffer gives every body in one shared buffer, valid until the next entry", async (t) => {
   const tar = buildTar(PKG);
   const whole = await entriesOf(tar);

@@ -82,6 +82,16 @@ t.test("moduleInfo reads depends, softdep and aliases from .modinfo", async (t) 
     softPost: [],
     aliases: ["fs-ext4", "ext3"],
   });
+  const reads: number[] = [];
+  const viaReads = moduleInfo("kernel/fs/ext4/ext4.ko", (offset, length) => {
+    reads.push(length);
+    return ko.subarray(offset, offset + length);
+  });
+  t.same(viaReads, info, "read piece by piece (a file on disk): the same info");
+  t.ok(
+    reads.every((n) => n < ko.length),
+    "only header, section table and named sections are read",
+  );
   t.equal(moduleNameOf("kernel/x/crc32c-intel.ko"), "crc32c_intel");
   t.same(moduleInfo("a/b.ko", fakeKo(["depends="])).depends, []);
   t.throws(() =>

@@ -1,6 +1,6 @@
 // Assembling the appliance (effects): .debs → kernel image + newc initramfs in a temp dir, then the manifest.
-import { closeSync, openSync } from "node:fs";
-import { readFile, writeFile } from "node:fs/promises";
+import { closeSync, openSync, readSync } from "node:fs";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { VmdibError } from "../../errors.js";
 import type { FetchedDeb, OnEvent } from "./archive.js";
@@ -160,6 +160,23 @@ interface KernelMeta {
   extras: Record<string, string>;
 }
 
+/** A module body larger than this is written to a file for the first pass rather than held in memory. */
+const BIG_MODULE_BYTES = 4 << 20;
+
+/** ModuleInfo of a .ko file on disk, reading only its ELF header, section table and the sections named there. */
+function moduleInfoFromFile(rel: string, file: string): ModuleInfo {
+  const fd = openSync(file, "r");
+  try {
+    return moduleInfo(rel, (offset, length) => {
+      const buf = Buffer.alloc(length);
+      const n = readSync(fd, buf, 0, length, offset);
+      return buf.subarray(0, n);
+    });
+  } finally {
+    closeSync(fd);
+  }
+}
+
 const MOD_PREFIX = /^(?:\.\/)?(?:usr\/)?lib\/modules\/([^/]+)\/(.*)$/;
 const BOOT = /^(?:\.\/)?boot\/vmlinuz-(.+)$/;
 /** The files of lib/modules/<release>/ the first pass over the kernel package reads. */
@@ -189,24 +206,34 @@ async function addKernel(
     input.signal?.throwIfAborted();
     // Only what this pass reads (every module's modinfo): the package's other files are skipped, not buffered.
     const wantData = (path: string) => BOOT.test(path) || MOD_META.test(path);
-    // Each body is used before the next is read (written, or parsed into strings): one buffer for all of them.
-    for await (const e of await debTarEntries(input.kernelDeb.path, "data", { wantData, reuseBuffer: true })) {
-      const boot = BOOT.exec(e.path);
-      if (boot && e.type === "file") {
-        await writeFile(kernelFile, e.data);
-        kernelWritten = true;
-        release = boot[1];
-        continue;
+    // Each body is used before the next is read (written, or parsed into strings): one buffer for all of them. A
+    // large module (amdgpu.ko is ~19 MB, i915 and nouveau 5-7) goes to a file instead, and only its ELF section table
+    // and .modinfo are read back: held in memory it was the controller's peak.
+    const bigModule = join(input.outDir, ".module.ko");
+    const bodyTo = (path: string, size: number) =>
+      size > BIG_MODULE_BYTES && MOD_META.test(path) && path.endsWith(".ko") ? bigModule : undefined;
+    const entries = await debTarEntries(input.kernelDeb.path, "data", { wantData, reuseBuffer: true, bodyTo });
+    try {
+      for await (const e of entries) {
+        const boot = BOOT.exec(e.path);
+        if (boot && e.type === "file") {
+          await writeFile(kernelFile, e.data);
+          kernelWritten = true;
+          release = boot[1];
+          continue;
+        }
+        const m = MOD_PREFIX.exec(e.path);
+        if (!m || e.type !== "file") continue;
+        const rel = m[2] as string;
+        if (/\.ko(\.(xz|zst|gz))?$/.test(rel)) {
+          if (!rel.endsWith(".ko")) throw new VmdibError(`compressed kernel modules (${rel}) are not supported yet`);
+          infos.push(e.file ? moduleInfoFromFile(rel, e.file) : moduleInfo(rel, e.data));
+        } else if (/^modules\.(builtin|builtin\.modinfo|order)$/.test(rel)) {
+          extras[rel] = e.data.toString("base64");
+        }
       }
-      const m = MOD_PREFIX.exec(e.path);
-      if (!m || e.type !== "file") continue;
-      const rel = m[2] as string;
-      if (/\.ko(\.(xz|zst|gz))?$/.test(rel)) {
-        if (!rel.endsWith(".ko")) throw new VmdibError(`compressed kernel modules (${rel}) are not supported yet`);
-        infos.push(moduleInfo(rel, e.data));
-      } else if (/^modules\.(builtin|builtin\.modinfo|order)$/.test(rel)) {
-        extras[rel] = e.data.toString("base64");
-      }
+    } finally {
+      await rm(bigModule, { force: true }); // outDir becomes the appliance's directory
     }
     if (!kernelWritten || !release) throw new VmdibError(`${input.kernelDeb.pkg.name} contains no /boot/vmlinuz-*`);
     meta = { release, infos, extras };

@@ -55,7 +55,7 @@ export async function debTarEntries(
   path: string,
   which: "data" | "control",
   opts: ReadTarOptions = {},
-): Promise<AsyncGenerator<TarEntry & { skipped?: boolean }>> {
+): Promise<AsyncGenerator<TarEntry & { skipped?: boolean; file?: string }>> {
   return readTar(decompressMember(debTarMember(await readArMembers(path), which)), opts);
 }
 

@@ -18,33 +18,37 @@ export function moduleNameOf(path: string): string {
   return base.replace(/\.ko(\.(xz|zst|gz))?$/, "").replace(/-/g, "_");
 }
 
-/** The key=value strings of an ELF64 little-endian module's `.modinfo` section. */
-export function readModinfo(elf: Buffer): Map<string, string[]> {
+/** Bytes [offset, offset + length) of an ELF file: a slice of it in memory, or a read from it on disk. */
+export type ElfBytes = Buffer | ((offset: number, length: number) => Buffer);
+
+/** The key=value strings of an ELF64 little-endian module's `.modinfo` section (only the bytes it needs are read). */
+export function readModinfo(elf: ElfBytes): Map<string, string[]> {
+  const read =
+    typeof elf === "function" ? elf : (offset: number, length: number) => elf.subarray(offset, offset + length);
   const out = new Map<string, string[]>();
-  if (elf.length < 64 || elf.readUInt32BE(0) !== 0x7f454c46) throw new Error("not an ELF file");
-  if (elf[4] !== 2 || elf[5] !== 1) throw new Error("not a 64-bit little-endian ELF file");
-  const shoff = Number(elf.readBigUInt64LE(0x28));
-  const shentsize = elf.readUInt16LE(0x3a);
-  const shnum = elf.readUInt16LE(0x3c);
-  const shstrndx = elf.readUInt16LE(0x3e);
+  const head = read(0, 64);
+  if (head.length < 64 || head.readUInt32BE(0) !== 0x7f454c46) throw new Error("not an ELF file");
+  if (head[4] !== 2 || head[5] !== 1) throw new Error("not a 64-bit little-endian ELF file");
+  const shoff = Number(head.readBigUInt64LE(0x28));
+  const shentsize = head.readUInt16LE(0x3a);
+  const shnum = head.readUInt16LE(0x3c);
+  const shstrndx = head.readUInt16LE(0x3e);
+  const table = read(shoff, shnum * shentsize);
   const section = (i: number) => {
-    const o = shoff + i * shentsize;
+    const o = i * shentsize;
     return {
-      name: elf.readUInt32LE(o),
-      offset: Number(elf.readBigUInt64LE(o + 0x18)),
-      size: Number(elf.readBigUInt64LE(o + 0x20)),
+      name: table.readUInt32LE(o),
+      offset: Number(table.readBigUInt64LE(o + 0x18)),
+      size: Number(table.readBigUInt64LE(o + 0x20)),
     };
   };
   const strtab = section(shstrndx);
+  const names = read(strtab.offset, strtab.size);
   for (let i = 0; i < shnum; i++) {
     const s = section(i);
-    const nameStart = strtab.offset + s.name;
-    const name = elf.subarray(nameStart, elf.indexOf(0, nameStart)).toString("latin1");
+    const name = names.subarray(s.name, names.indexOf(0, s.name)).toString("latin1");
     if (name !== ".modinfo") continue;
-    for (const kv of elf
-      .subarray(s.offset, s.offset + s.size)
-      .toString("utf8")
-      .split("\0")) {
+    for (const kv of read(s.offset, s.size).toString("utf8").split("\0")) {
       const eq = kv.indexOf("=");
       if (eq <= 0) continue;
       const key = kv.slice(0, eq);
@@ -58,7 +62,7 @@ export function readModinfo(elf: Buffer): Map<string, string[]> {
 }
 
 /** ModuleInfo of one .ko file. */
-export function moduleInfo(path: string, elf: Buffer): ModuleInfo {
+export function moduleInfo(path: string, elf: ElfBytes): ModuleInfo {
   const info = readModinfo(elf);
   const depends = (info.get("depends") ?? []).flatMap((d) => d.split(",")).filter(Boolean);
   const softPre: string[] = [];

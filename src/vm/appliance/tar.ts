@@ -1,4 +1,5 @@
 // Streaming tar reader (ustar, GNU long names, pax): async-iterates entries of a byte stream, one body in memory at a time.
+import { closeSync, openSync, writeSync } from "node:fs";
 
 export type TarType = "file" | "hardlink" | "symlink" | "chardev" | "blockdev" | "dir" | "fifo";
 
@@ -98,6 +99,26 @@ class ByteReader {
     return out;
   }
 
+  /** Write the next n bytes to a new file at `path` as they arrive; false if the stream ends first. */
+  async copyTo(n: number, path: string): Promise<boolean> {
+    const fd = openSync(path, "w", 0o600);
+    try {
+      let left = n;
+      while (left > 0) {
+        await this.fill(1);
+        if (!this.length) return false;
+        const k = Math.min(left, this.length);
+        this.take(k, (c) => {
+          for (let off = 0; off < c.length; ) off += writeSync(fd, c, off, c.length - off);
+        });
+        left -= k;
+      }
+      return true;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   /** Drop n bytes without copying them. */
   async skip(n: number): Promise<void> {
     let left = n;
@@ -182,13 +203,18 @@ export interface ReadTarOptions {
    * ~400 MB of modules, and a fresh buffer per module left malloc's heap fragmented and tens of MB larger.
    */
   reuseBuffer?: boolean;
+  /**
+   * A file to write a regular file's body to instead of memory (or undefined: read it as usual). The entry then comes
+   * with empty `data` and `file` set; its contents are in the file until the next entry is asked for.
+   */
+  bodyTo?: (path: string, size: number) => string | undefined;
 }
 
 /** Entries of a tar stream. Stops at the end-of-archive marker (two zero blocks) or the end of the stream. */
 export async function* readTar(
   source: TarSource,
   opts: ReadTarOptions = {},
-): AsyncGenerator<TarEntry & { skipped?: boolean }> {
+): AsyncGenerator<TarEntry & { skipped?: boolean; file?: string }> {
   const r = new ByteReader(source);
   let scratch: Buffer | undefined;
   const bodyBuffer = (size: number): Buffer | undefined => {
@@ -242,6 +268,13 @@ export async function* readTar(
       if (entry.type === "file" && opts.wantData && !opts.wantData(path, size)) {
         await r.skip(padded);
         yield { ...entry, skipped: true };
+        continue;
+      }
+      const dest = entry.type === "file" && size ? opts.bodyTo?.(path, size) : undefined;
+      if (dest) {
+        if (!(await r.copyTo(size, dest))) throw new Error(`tar stream truncated in ${path}`);
+        await r.skip(padded - size);
+        yield { ...entry, file: dest };
         continue;
       }
       if (entry.type === "file") {
