@@ -452,7 +452,7 @@ mkdir -p ${GUEST_PATHS.build} && mount -t tmpfs -o size=$((kib > 65536 ? kib : 6
     if (hostZstd && zstdVersion) {
       const dir = join(workDir, HOST_TOOLS_DIR);
       await mkdir(dir, { recursive: true });
-      const server = serveHostTools(dir, zstdVersion, {
+      const server = await serveHostTools(dir, zstdVersion, {
         zstd: hostZstd,
         report: (message) => deps.onEvent({ type: "info", message }),
       });

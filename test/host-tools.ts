@@ -1,9 +1,10 @@
 // Tests src/host-tools.ts: request parsing, which zstd calls the host runs (and which it refuses), and the server's
 // file protocol against a fake zstd, in a temporary directory.
-import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { read, write } from "node:fs";
+import { lstat, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import t from "tap";
+import t, { type Test } from "tap";
 import { parseToolRequest, serveHostTools, zstdHostArgv } from "../src/host-tools.js";
 
 const V = "*** Zstandard CLI (64-bit) v1.5.4, by Yann Collet ***";
@@ -15,55 +16,66 @@ t.test("parses version and arguments", async (t) => {
   });
 });
 
-t.test("mkinitramfs's call runs as is, the input after --", async (t) => {
-  t.same(zstdHostArgv({ version: V, args: ["-q", "-9", "-T0", "-c"] }, `${V}\n`, "/w/zstd-1.in"), {
-    argv: ["-q", "-9", "-T0", "-c", "--", "/w/zstd-1.in"],
+t.test("mkinitramfs's call runs as is, the input on stdin with its size", async (t) => {
+  t.same(zstdHostArgv({ version: V, args: ["-q", "-9", "-T0", "-c"] }, `${V}\n`, 126), {
+    argv: ["-q", "-9", "-T0", "-c", "--stream-size=126"],
   });
 });
 
 t.test("refuses another version, other options, no -c", async (t) => {
-  t.match(zstdHostArgv({ version: V.replace("1.5.4", "1.5.5"), args: ["-c"] }, V, "x"), { refused: /v1.5.5/ });
-  t.match(zstdHostArgv({ version: "", args: ["-c"] }, V, "x"), { refused: /unknown version/ });
-  t.match(zstdHostArgv({ version: V, args: ["-c", "-o", "/etc/passwd"] }, V, "x"), { refused: /'-o'/ });
-  t.match(zstdHostArgv({ version: V, args: ["-c", "--ultra"] }, V, "x"), { refused: /'--ultra'/ });
-  t.match(zstdHostArgv({ version: V, args: ["-q", "-9"] }, V, "x"), { refused: /-c/ });
+  t.match(zstdHostArgv({ version: V.replace("1.5.4", "1.5.5"), args: ["-c"] }, V, 1), { refused: /v1.5.5/ });
+  t.match(zstdHostArgv({ version: "", args: ["-c"] }, V, 1), { refused: /unknown version/ });
+  t.match(zstdHostArgv({ version: V, args: ["-c", "-o", "/etc/passwd"] }, V, 1), { refused: /'-o'/ });
+  t.match(zstdHostArgv({ version: V, args: ["-c", "--ultra"] }, V, 1), { refused: /'--ultra'/ });
+  t.match(zstdHostArgv({ version: V, args: ["-q", "-9"] }, V, 1), { refused: /-c/ });
 });
+
+const exists = (path: string) =>
+  lstat(path).then(
+    () => true,
+    () => false,
+  );
 
 async function waitFor(path: string): Promise<void> {
   for (let i = 0; i < 200; i++) {
-    if (
-      await stat(path).then(
-        () => true,
-        () => false,
-      )
-    )
-      return;
+    if (await exists(path)) return;
     await new Promise((r) => setTimeout(r, 10));
   }
   throw new Error(`${path} never appeared`);
 }
 
-t.test("answers a request with .out then .done, a refusal with .fail", async (t) => {
+/** A server on a fresh directory whose zstd is a fake that copies stdin to stdout behind a prefix. */
+async function fakeServer(t: Test): Promise<{ dir: string; runs: string[][]; reports: string[] }> {
   const dir = await mkdtemp(join(tmpdir(), "vmdib-host-tools-"));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const runs: string[][] = [];
   const reports: string[] = [];
-  const server = serveHostTools(dir, V, {
+  const server = await serveHostTools(dir, V, {
     zstd: "/fake/zstd",
     intervalMs: 5,
     report: (m) => reports.push(m),
-    run: async (_file, argv, output) => {
+    run: async (_file, argv, stdin, stdout) => {
       runs.push([...argv]);
-      await writeFile(output, `compressed:${await readFile(argv[argv.length - 1] as string, "utf8")}`);
+      const input = Buffer.alloc(64);
+      const { bytesRead } = await new Promise<{ bytesRead: number }>((res, rej) =>
+        read(stdin, input, 0, 64, 0, (err, bytesRead) => (err ? rej(err) : res({ bytesRead }))),
+      );
+      await new Promise<void>((res, rej) =>
+        write(stdout, `compressed:${input.subarray(0, bytesRead)}`, (err) => (err ? rej(err) : res())),
+      );
     },
   });
   t.teardown(() => server.stop());
+  return { dir, runs, reports };
+}
 
+t.test("answers a request with .out then .done, a refusal with .fail", async (t) => {
+  const { dir, runs, reports } = await fakeServer(t);
   await writeFile(join(dir, "zstd-7.in"), "cpio");
   await writeFile(join(dir, "zstd-7.req"), `version ${V}\narg -q\narg -9\narg -c\n`);
   await waitFor(join(dir, "zstd-7.done"));
   t.equal(await readFile(join(dir, "zstd-7.out"), "utf8"), "compressed:cpio");
-  t.same(runs, [["-q", "-9", "-c", "--", join(dir, "zstd-7.in")]]);
+  t.same(runs, [["-q", "-9", "-c", "--stream-size=4"]]);
 
   await writeFile(join(dir, "zstd-8.in"), "cpio");
   await writeFile(join(dir, "zstd-8.req"), `version other\narg -c\n`);
@@ -81,7 +93,7 @@ t.test("answers a request with .out then .done, a refusal with .fail", async (t)
 t.test("a failing zstd becomes .fail, not an error", async (t) => {
   const dir = await mkdtemp(join(tmpdir(), "vmdib-host-tools-"));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const server = serveHostTools(dir, V, {
+  const server = await serveHostTools(dir, V, {
     zstd: "/fake/zstd",
     intervalMs: 5,
     report: () => {},
@@ -94,4 +106,50 @@ t.test("a failing zstd becomes .fail, not an error", async (t) => {
   await writeFile(join(dir, "zstd-9.req"), `version ${V}\narg -c\n`);
   await waitFor(join(dir, "zstd-9.fail"));
   t.match(await readFile(join(dir, "zstd-9.fail"), "utf8"), /Write error/);
+});
+
+// The guest writes the directory over a share where its symlinks are the host's: none may make the host read or write
+// a file outside it.
+t.test("links the guest plants are never followed", async (t) => {
+  const { dir, runs } = await fakeServer(t);
+  const outside = await mkdtemp(join(tmpdir(), "vmdib-host-tools-outside-"));
+  t.teardown(() => rm(outside, { recursive: true, force: true }));
+  const secret = join(outside, "secret");
+  await writeFile(secret, "host secret");
+
+  await symlink(secret, join(dir, "zstd-1.in"));
+  await writeFile(join(dir, "zstd-1.req"), `version ${V}\narg -c\n`);
+  await waitFor(join(dir, "zstd-1.fail"));
+  t.notOk(await exists(join(dir, "zstd-1.out")), "an input that is a link is not read");
+
+  await writeFile(join(dir, "zstd-2.in"), "cpio");
+  await symlink(secret, join(dir, "zstd-2.out"));
+  await writeFile(join(dir, "zstd-2.req"), `version ${V}\narg -c\n`);
+  await waitFor(join(dir, "zstd-2.fail"));
+  t.equal(await readFile(secret, "utf8"), "host secret", "an answer is never written through a link");
+
+  await writeFile(join(dir, "zstd-3.in"), "cpio");
+  await symlink(secret, join(dir, "zstd-3.req"));
+  await waitFor(join(dir, "zstd-3.fail"));
+  t.equal(runs.length, 0, "a request that is a link is not read");
+
+  await writeFile(join(dir, "zstd-4.in"), "cpio");
+  await symlink(secret, join(dir, "zstd-4.fail"));
+  await writeFile(join(dir, "zstd-4.req"), `version other\narg -c\n`);
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(await readFile(secret, "utf8"), "host secret", "a refusal is never written through a link");
+});
+
+t.test("a directory swapped for a link stops the server", async (t) => {
+  const { dir, runs, reports } = await fakeServer(t);
+  const elsewhere = await mkdtemp(join(tmpdir(), "vmdib-host-tools-elsewhere-"));
+  t.teardown(() => rm(elsewhere, { recursive: true, force: true }));
+  await writeFile(join(elsewhere, "zstd-5.in"), "cpio");
+  await writeFile(join(elsewhere, "zstd-5.req"), `version ${V}\narg -c\n`);
+  await rm(dir, { recursive: true });
+  await symlink(elsewhere, dir);
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(runs.length, 0);
+  t.notOk(await exists(join(elsewhere, "zstd-5.work")), "nothing there was touched");
+  t.match(reports, [/replaced their directory/]);
 });
