@@ -235,15 +235,20 @@ class Stage1Tar {
     if (!this.stdin.write(buf)) await Promise.race([once(this.stdin, "drain"), this.exited]);
   }
 
-  async add(e: Partial<TarEntry> & { path: string; type: Kind }): Promise<void> {
+  /** An entry's parents, then its header for a body of `size` bytes; the caller writes the body and its padding. */
+  private async head(e: Partial<TarEntry> & { path: string; type: Kind }, size: number): Promise<void> {
     const path = normalizePath(e.path);
     await this.ensureParents(path);
     this.kinds.set(path, e.type);
     const full: Partial<TarEntry> = { uid: 0, gid: 0, mtime: this.mtime, ...e, path: path === "" ? "./" : `./${path}` };
     if (e.type === "dir" && path !== "") full.path = `./${path}/`;
+    await this.write(buildTarHead(full, size));
+  }
+
+  async add(e: Partial<TarEntry> & { path: string; type: Kind }): Promise<void> {
     // Head, body and padding written as they are: a body is never copied into one buffer with its header.
     const size = e.type === "file" ? (e.data?.length ?? 0) : 0;
-    await this.write(buildTarHead(full, size));
+    await this.head(e, size);
     if (size) {
       await this.write(e.data as Buffer);
       await this.write(tarPadding(size));
@@ -252,11 +257,8 @@ class Stage1Tar {
 
   /** A regular file whose contents are read from `src` as they are written (a .deb is not held in memory). */
   async fileFrom(path: string, src: string, mode = 0o644): Promise<void> {
-    const name = normalizePath(path);
-    await this.ensureParents(name);
-    this.kinds.set(name, "file");
     const { size } = await stat(src);
-    await this.write(buildTarHead({ uid: 0, gid: 0, mtime: this.mtime, path: `./${name}`, type: "file", mode }, size));
+    await this.head({ path, type: "file", mode }, size);
     let copied = 0;
     // A fresh chunk per read: the pipe to zstd may still hold the previous one.
     for await (const chunk of createReadStream(src)) {

@@ -76,11 +76,10 @@ export function decompressMember(member: ArMemberRef): Readable {
   // An empty member has no byte range to read (createReadStream's `end` is inclusive).
   const input =
     member.size === 0
-      ? Buffer.alloc(0)
+      ? Readable.from([Buffer.alloc(0)])
       : createReadStream(member.path, { start: member.offset, end: member.offset + member.size - 1 });
-  const readable = () => (Buffer.isBuffer(input) ? Readable.from([input]) : input);
-  if (ext === "tar") return readable();
-  if (ext === "gz") return pipeErrors(readable(), createGunzip());
+  if (ext === "tar") return input;
+  if (ext === "gz") return pipeErrors(input, createGunzip());
   if (ext === "xz") return spawnFilter("xz", ["-dc", "-T1"], input);
   return spawnFilter("zstd", ["-dc", "-q"], input);
 }
