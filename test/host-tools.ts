@@ -1,11 +1,15 @@
-// Tests src/host-tools.ts: request parsing, which zstd calls the host runs (and which it refuses), and the server's
-// file protocol against a fake zstd, in a temporary directory.
+// Tests src/host-tools.ts: request parsing, which zstd calls the host runs (and which it refuses), which .debs it
+// decompresses, the server's file protocol against a fake zstd, and its .deb answers against the host's own dpkg-deb
+// (packages built here with each compression), in a temporary directory.
 import { read, write } from "node:fs";
-import { lstat, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { copyFile, lstat, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { execa } from "execa";
 import t, { type Test } from "tap";
-import { parseToolRequest, serveHostTools, zstdHostArgv } from "../src/host-tools.js";
+import { debDataPlan, parseToolRequest, serveHostTools, zstdHostArgv } from "../src/host-tools.js";
+import type { ArMemberRef } from "../src/vm/appliance/deb.js";
+import { buildDeb } from "./helpers/deb.js";
 
 const V = "*** Zstandard CLI (64-bit) v1.5.4, by Yann Collet ***";
 
@@ -56,6 +60,7 @@ async function fakeServer(t: Test): Promise<{ dir: string; runs: string[][]; rep
     report: (m) => reports.push(m),
     run: async (_file, argv, stdin, stdout) => {
       runs.push([...argv]);
+      if (typeof stdin !== "number") throw new Error("zstd gets a descriptor");
       const input = Buffer.alloc(64);
       const { bytesRead } = await new Promise<{ bytesRead: number }>((res, rej) =>
         read(stdin, input, 0, 64, 0, (err, bytesRead) => (err ? rej(err) : res({ bytesRead }))),
@@ -152,4 +157,55 @@ t.test("a directory swapped for a link stops the server", async (t) => {
   t.equal(runs.length, 0);
   t.notOk(await exists(join(elsewhere, "zstd-5.work")), "nothing there was touched");
   t.match(reports, [/replaced their directory/]);
+});
+
+const member = (name: string, size = 10): ArMemberRef => ({ name, size, offset: 0, path: "x.deb" });
+const deb = (data: string, ...more: string[]) => [
+  member("debian-binary", 4),
+  member("control.tar.xz"),
+  member(data),
+  ...more.map((m) => member(m)),
+];
+
+t.test("decompresses the data member of a well-formed binary package only", async (t) => {
+  t.match(debDataPlan(deb("data.tar.xz"), "2.0\n"), { member: { name: "data.tar.xz" }, argv: ["xz", "-dc", "-T0"] });
+  t.match(debDataPlan(deb("data.tar.zst"), "2.0\n"), { argv: ["zstd", "-dc", "-q"] });
+  t.match(debDataPlan(deb("data.tar.gz"), "2.0\n"), { argv: ["gzip", "-dc"] });
+  t.match(debDataPlan(deb("data.tar"), "2.0\n"), { argv: ["cat"] });
+  t.match(debDataPlan(deb("data.tar.xz", "_gpgbuilder"), "2.0\n"), { argv: ["xz", "-dc", "-T0"] });
+  t.match(debDataPlan(deb("data.tar.xz"), "0.939000\n"), { refused: /format 2/ });
+  t.match(debDataPlan(deb("data.tar.bz2"), "2.0\n"), { refused: /data.tar.bz2/ });
+  t.match(debDataPlan(deb("data.tar.xz", "extra"), "2.0\n"), { refused: /after data/ });
+  t.match(debDataPlan([member("control.tar.xz"), member("data.tar.xz")], "2.0\n"), { refused: /format 2/ });
+  t.match(debDataPlan(deb("data.tar.xz").slice(0, 2), "2.0\n"), { refused: /none/ });
+  t.match(debDataPlan([member("debian-binary", 4), member("data.tar.xz")], "2.0\n"), { refused: /control/ });
+  t.match(debDataPlan([...deb("data.tar.xz").slice(0, 2), member("data.tar.xz", 0)], "2.0\n"), { refused: /empty/ });
+});
+
+t.test("a .deb's data comes back as the bytes dpkg-deb --fsys-tarfile writes", async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), "vmdib-host-tools-"));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const served = join(dir, "served");
+  await mkdir(served);
+  const reports: string[] = [];
+  const server = await serveHostTools(served, V, { zstd: "zstd", intervalMs: 5, report: (m) => reports.push(m) });
+  t.teardown(() => server.stop());
+  let n = 0;
+  for (const compression of ["xz", "zstd", "gzip", "none"]) {
+    const file = await buildDeb(dir, compression);
+    const id = `deb-${++n}`;
+    await copyFile(file, join(served, `${id}.in`));
+    await writeFile(join(served, `${id}.req.tmp`), `name ${compression}.deb\n`);
+    await rename(join(served, `${id}.req.tmp`), join(served, `${id}.req`));
+    await waitFor(join(served, `${id}.done`));
+    const expected = (await execa("dpkg-deb", ["--fsys-tarfile", file], { encoding: "buffer" })).stdout;
+    t.ok(Buffer.compare(await readFile(join(served, `${id}.out`)), Buffer.from(expected)) === 0, compression);
+  }
+  t.match(reports, [/xz\.deb \(data\.tar\.xz/, /zstd\.deb/, /gzip\.deb/, /none\.deb \(data\.tar,/]);
+
+  // Not a package: refused, and the guest's dpkg-deb says what is wrong with it.
+  await writeFile(join(served, "deb-9.in"), "not an archive");
+  await writeFile(join(served, "deb-9.req"), "");
+  await waitFor(join(served, "deb-9.fail"));
+  t.match(await readFile(join(served, "deb-9.fail"), "utf8"), /not an ar archive/);
 });

@@ -2,7 +2,7 @@
 // xz/zstd or node's zlib, streamed from the file.
 import { spawn } from "node:child_process";
 import { createReadStream } from "node:fs";
-import { open } from "node:fs/promises";
+import { type FileHandle, open } from "node:fs/promises";
 import { Readable } from "node:stream";
 import { createGunzip } from "node:zlib";
 import { VmdibError } from "../../errors.js";
@@ -19,11 +19,12 @@ export interface ArMemberRef {
 const AR_MAGIC = "!<arch>\n";
 
 /**
- * The members of the ar archive at `path`, read from their 60-byte headers only: a .deb (the kernel's is ~70 MB) is
- * never held in memory, its members are streamed from the file by decompressMember.
+ * The members of the ar archive at `path` (read through `opened` when given, which stays open), from their 60-byte
+ * headers only: a .deb (the kernel's is ~70 MB) is never held in memory, its members are streamed from the file by
+ * decompressMember.
  */
-export async function readArMembers(path: string): Promise<ArMemberRef[]> {
-  const fh = await open(path, "r");
+export async function readArMembers(path: string, opened?: FileHandle): Promise<ArMemberRef[]> {
+  const fh = opened ?? (await open(path, "r"));
   try {
     const { size: total } = await fh.stat();
     const head = Buffer.alloc(60);
@@ -46,7 +47,7 @@ export async function readArMembers(path: string): Promise<ArMemberRef[]> {
     }
     return out;
   } finally {
-    await fh.close();
+    if (!opened) await fh.close();
   }
 }
 
