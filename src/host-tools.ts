@@ -18,8 +18,8 @@
 // Protocol (files in DIR, the work dir's HOST_TOOLS_DIR, seen by the chroot as GUEST_HOST_TOOLS_DIR), ID is
 // `zstd-N` or `deb-N`:
 //   ID.in    the data (the cpio, the .deb), written by the guest first
-//   ID.req   zstd: "version LINE" (the guest zstd's `--version`) then "arg WORD" per option; deb: empty. Renamed into
-//            place last.
+//   ID.req   zstd: "version LINE" (the guest zstd's `--version`) then "arg WORD" per option; deb: "name FILE" (for
+//            the report only). Renamed into place last.
 //   ID.work  the host renames ID.req to it when it takes the request (a guest that sees ID.req vanish knows)
 //   ID.out + ID.done   the host's answer: the output, then the marker
 //   ID.fail  the host refuses or failed: one line why; the guest then runs its own program
@@ -165,12 +165,12 @@ export async function hostZstdVersion(zstd: string): Promise<string | undefined>
   }
 }
 
-/** Opens a file the guest wrote: never through a link, never a FIFO or device (O_NONBLOCK: opening one cannot hang). */
 interface GuestFile {
   readonly fh: FileHandle;
   readonly size: number;
 }
 
+/** Opens a file the guest wrote: never through a link, never a FIFO or device (O_NONBLOCK: opening one cannot hang). */
 async function openGuestFile(path: string): Promise<GuestFile> {
   const fh = await open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
   const st = await fh.stat();
