@@ -214,7 +214,7 @@ export function qemuArgv(spec: MachineSpec, host: HostFacts): string[] {
   spec.shares.forEach((s, i) => {
     argv.push(
       // security_model=none: files are created as the host user running QEMU (no root needed, and the results
-      // are plain files the user owns); ownership changes the guest asks for are ignored, not errors.
+      // are plain files the user owns); a chown the guest asks for fails (EPERM) unless QEMU runs as root.
       // readonly=on for element directories: the guest cannot change the user's elements.
       "-fsdev",
       `local,id=fs${i},path=${qemuOptValue(s.hostPath)},security_model=none${s.readonly ? ",readonly=on" : ""}`,
