@@ -1,12 +1,14 @@
 // Tests for src/rootfs/debootstrap.ts: debootstrap's package selection on fixture indexes, the guest contract
 // (inputs string, paths), the stage-one tar writer on fixture .debs, and 08-debootstrap's side of the contract.
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import t from "tap";
 import { BUILTIN_ELEMENTS_DIR, PACKAGE_ROOT } from "../../src/paths.js";
 import {
+  aptListName,
   aptListPath,
   debCachePath,
   debootstrapDeps,
@@ -125,6 +127,12 @@ t.test("the guest contract: extra args, inputs string, debootstrap's paths", asy
     aptListPath("http://m.example/debian", "dists/bookworm/main/binary-amd64/Packages"),
     "var/lib/apt/lists/m.example_debian_dists_bookworm_main_binary-amd64_Packages",
   );
+  t.equal(aptListName("http://m.example/debian/dists/bookworm/InRelease"), "m.example_debian_dists_bookworm_InRelease");
+  t.equal(
+    aptListName("https://user:pw@m.example:8080/a_b~c/dists/x/main/binary-amd64/Packages"),
+    "m.example:8080_a%5fb%7ec_dists_x_main_binary-amd64_Packages",
+    "credentials dropped, apt's quoting",
+  );
   t.equal(
     debCachePath({ name: "bsdutils", version: "1:2.38.1-5", architecture: "amd64" }),
     "var/cache/apt/archives/bsdutils_1%3a2.38.1-5_amd64.deb",
@@ -231,6 +239,20 @@ t.test("writeStage1Tar: what debootstrap --foreign leaves, root-owned, merged /u
     packagesXz,
     execFileSync("xz", ["-z", "-c"], { input: packages({ aaa: {}, bbb: {}, apt: {}, other: {} }) }),
   );
+  const index = packages({ aaa: {}, bbb: {}, apt: {}, other: {} });
+  const inRelease = join(dir, "InRelease");
+  writeFileSync(inRelease, "signed\n");
+  const aptIndex = {
+    inRelease,
+    packages: [
+      {
+        component: "main",
+        compressedPath: packagesXz,
+        size: Buffer.byteLength(index),
+        sha256: createHash("sha256").update(index).digest("hex"),
+      },
+    ],
+  };
   const out = join(dir, "stage1.tar.zst");
   await writeStage1Tar(
     {
@@ -242,6 +264,7 @@ t.test("writeStage1Tar: what debootstrap --foreign leaves, root-owned, merged /u
       selection: { required: ["aaa", "bbb"], base: ["apt"] },
       debs: new Map([a, b, apt].map((d) => [d.pkg.name, d])),
       componentFiles: [{ component: "main", packagesPath: packagesXz, names: ["aaa", "apt", "bbb"] }],
+      aptIndex,
       mtime: 1700000000,
       key: "k",
     },
@@ -276,9 +299,33 @@ t.test("writeStage1Tar: what debootstrap --foreign leaves, root-owned, merged /u
   const list = get("var/lib/apt/lists/m.example_debian_dists_bookworm_main_binary-amd64_Packages")?.data.toString();
   t.match(list, /Package: aaa/);
   t.notMatch(list, /Package: other/, "only the selected stanzas");
+  const staged = "var/lib/vmdib-apt-lists/m.example_debian_dists_bookworm_";
+  t.equal(get(`${staged}InRelease`)?.data.toString(), "signed\n", "apt's InRelease, under apt's name");
+  t.equal(get(`${staged}main_binary-amd64_Packages`)?.data.toString(), index, "and the whole index, uncompressed");
   t.ok(
     [...entries.values()].every((e) => e.uid === 0),
     "root-owned",
+  );
+
+  const corrupt = { ...aptIndex, packages: [{ ...aptIndex.packages[0], sha256: "0".repeat(64) }] } as typeof aptIndex;
+  await t.rejects(
+    writeStage1Tar(
+      {
+        mirror: "http://m/d",
+        suite: "bookworm",
+        codename: "bookworm",
+        arch: "amd64",
+        components: ["main"],
+        selection: { required: ["aaa"], base: [] },
+        debs: new Map([[a.pkg.name, a]]),
+        componentFiles: [{ component: "main", packagesPath: packagesXz, names: ["aaa"] }],
+        aptIndex: corrupt,
+        mtime: 0,
+        key: "k",
+      },
+      join(dir, "corrupt.tar.zst"),
+    ),
+    /main\/binary-amd64\/Packages does not match its signed SHA256/,
   );
 
   const clash = deb("ccc", [{ path: "./usr/bin/dash", type: "file", data: Buffer.from("other") }]);

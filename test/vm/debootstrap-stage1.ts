@@ -31,7 +31,7 @@ const request = {
 async function tarFiles(path: string): Promise<Map<string, Buffer>> {
   const out = new Map<string, Buffer>();
   for await (const e of readTar([execFileSync("zstd", ["-dc", path], { maxBuffer: 1 << 30 })])) {
-    if (e.path.startsWith("./debootstrap/")) out.set(e.path.slice(2), e.data);
+    if (/^\.\/(debootstrap|var\/lib\/vmdib-apt-lists)\//.test(e.path)) out.set(e.path.slice(2), e.data);
   }
   return out;
 }
@@ -74,6 +74,13 @@ t.test("stage one for bookworm: debootstrap's package set, cached", async (t) =>
     .filter(Boolean)
     .sort();
   t.ok(ours.includes("apt") && ours.includes("usr-is-merged") && !ours.includes("usrmerge"));
+  // apt's whole index for the guest, as the signed InRelease that comes with it lists it.
+  const staged = [...files.keys()].filter((p) => /^var\/lib\/vmdib-apt-lists\/./.test(p));
+  const inRelease = files.get(staged.find((p) => p.endsWith("_dists_bookworm_InRelease")) ?? "")?.toString() ?? "";
+  const index = files.get(staged.find((p) => p.endsWith("_dists_bookworm_main_binary-amd64_Packages")) ?? "");
+  t.equal(staged.length, 2, staged.join(" "));
+  const sum = index ? `${createHash("sha256").update(index).digest("hex")} +${index.length} ` : "none";
+  t.match(inRelease, new RegExp(` ${sum}main/binary-amd64/Packages\n`), "the Packages InRelease lists");
 
   const again = await prepareDebootstrapStage1(request);
   t.match(again, { key: first.key, hit: true, hostPath: first.hostPath }, "second call: cache hit");
@@ -102,7 +109,7 @@ t.test("stage one for bookworm: debootstrap's package set, cached", async (t) =>
     execFileSync("tar", ["-C", mine, "--numeric-owner", "--zstd", "-xf", first.hostPath]);
     // Not ours to reproduce: the build machine's own files (copied in the guest), debootstrap's scripts (copied
     // from the guest's debootstrap), its log, the index files (ours hold only the stanzas the second stage reads),
-    // and /proc, a link debootstrap makes only inside a container.
+    // and apt's whole index staged for the guest, and /proc, a link debootstrap makes only inside a container.
     const ignore = [
       "proc",
       "etc/hostname",
@@ -113,6 +120,7 @@ t.test("stage one for bookworm: debootstrap's package set, cached", async (t) =>
       "debootstrap/debian-common",
       "debootstrap/debootstrap.log",
       "var/lib/apt/lists",
+      "var/lib/vmdib-apt-lists",
     ];
     const a = describeTree(real, ignore);
     const b = describeTree(mine, ignore);

@@ -271,6 +271,8 @@ export interface Release {
   signedText: string;
   date: string;
   source: "network" | "cache";
+  /** The cached InRelease file (a later download may replace it). */
+  file: string;
 }
 
 /**
@@ -308,7 +310,7 @@ export async function loadRelease(o: ArchiveOptions & { refresh?: boolean }): Pr
   }
   const date = /^Date:\s*(.*)$/m.exec(signedText)?.[1] ?? "";
   o.onEvent?.({ type: "index", source, suite: o.suite, date });
-  return { signedText, date, source };
+  return { signedText, date, source, file: inReleasePath };
 }
 
 /** The Packages index for `arch` listed in a verified InRelease: cached by hash, downloaded and checked if missing. */
