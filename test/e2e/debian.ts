@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { execa } from "execa";
 import ssh2 from "ssh2";
 import t from "tap";
-import { PACKAGE_ROOT } from "../../src/paths.js";
+import { cacheDir, PACKAGE_ROOT } from "../../src/paths.js";
 
 const VMDIB = join(PACKAGE_ROOT, "bin", "vmdib");
 const ELEMENTS = ["vm", "block-device-efi", "debian-minimal", "devuser", "openssh-server", "dhcp-all-interfaces"];
@@ -40,6 +40,12 @@ t.test("a UEFI + BIOS Debian image with devuser and sshd boots both ways and acc
   t.match(build.stdout, /wrote \S+\/out\/debian\.qcow2 \(qcow2/);
   t.match(build.stdout, /debootstrap stage one/, "debootstrap's first stage was made on the host");
   t.ok((await readdir(join(dir, "out", "debian.d"))).length > 0, "manifests next to the image, as DIB");
+  // The chroot's apt downloads went into the shared cache (through the overlay, as this user's 9p refuses chown).
+  const aptCache = await readdir(join(cacheDir(), "image-create", "apt", "debian")).catch(() => []);
+  t.ok(
+    aptCache.some((f) => /^linux-image-.*\.deb$/.test(f)),
+    "the kernel package is in the shared apt cache",
+  );
 
   const uefi = await execa(
     VMDIB,
