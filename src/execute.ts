@@ -40,7 +40,11 @@ export type BuildEvent =
   | { readonly type: "progress"; readonly step: string; readonly done: number; readonly total: number };
 
 /** The helper VM a session boots once and stops at its end. */
-export type StartMachine = (spec: MachineRequest) => Promise<BuildMachine & { stop(): Promise<void> }>;
+/** Starts the VM; `alongside`, when given, runs once the VM is being booted and is awaited with it. */
+export type StartMachine = (
+  spec: MachineRequest,
+  alongside?: () => Promise<void>,
+) => Promise<BuildMachine & { stop(): Promise<void> }>;
 
 export interface ExecuteDeps {
   /** Runs the host's qemu-img (no root needed) with these arguments. */
@@ -61,6 +65,8 @@ export interface ExecuteDeps {
    * the guest compresses it itself.
    */
   readonly hostZstd?: string | null;
+  /** Host work the build needs before its first phase (the debootstrap stage one): run while the VM starts. */
+  readonly hostWork?: () => Promise<void>;
 }
 
 /** A cached tree to restore instead of running root.d … post-root.d, or where to save the new one. */
@@ -270,10 +276,11 @@ export class BuildSession {
       await mkdir(this.workRoot, { recursive: true });
       await (await open(this.#imagePath, "w", 0o600)).close();
       await truncate(this.#imagePath, IMAGE_DISK_CAPACITY);
-      this.#machine = await this.#start(this.#request);
+      this.#machine = await this.#start(this.#request, deps.hostWork);
     } else {
       await truncate(this.#imagePath, 0);
       await truncate(this.#imagePath, IMAGE_DISK_CAPACITY);
+      await deps.hostWork?.();
     }
     const binds = plan.shares.map((s) => {
       const from = this.#request.elementShares.find((e) => e.host === s.host);

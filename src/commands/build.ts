@@ -307,9 +307,10 @@ async function buildImages(images: readonly PlannedImage[], runOptions: BuildOpt
   const session = new BuildSession(
     dir,
     images.map((i) => i.plan),
-    async (req) => {
+    async (req, alongside) => {
       const say = (e: ViewEvent) => run.current?.render(e);
       const machine = await bootFromCli(ctx, {
+        ...(alongside ? { alongsideBoot: alongside } : {}),
         accel: runOptions.accel,
         memoryMiB: runOptions.memoryMb,
         offline: runOptions.offline,
@@ -454,7 +455,14 @@ async function buildImage(
   };
   run.current = { render, view };
   if (image.label) render({ type: "info", message: `building ${image.label}` });
-  const plan = await withDebootstrapStage1(image.plan, options, run.imageCache, ctx, render, report);
+  const { plan, write: writeStage1 } = await withDebootstrapStage1(
+    image.plan,
+    options,
+    run.imageCache,
+    ctx,
+    render,
+    report,
+  );
   const treeCache = await treeCacheStep(plan, options, run.trees, render);
   report.caches.push({
     name: "tree after post-root.d",
@@ -471,6 +479,7 @@ async function buildImage(
       onEvent: render,
       treeCache,
       qemuImg: runQemuImg,
+      ...(writeStage1 ? { hostWork: writeStage1 } : {}),
     });
     ok = true;
   } finally {
@@ -558,7 +567,9 @@ async function treeCacheStep(
 
 /**
  * debootstrap's first stage natively on the host (src/rootfs/debootstrap.ts) when the build uses a debootstrap
- * element on Debian: the guest then runs only the second stage. Any failure here only costs that speed-up.
+ * element on Debian: the guest then runs only the second stage. Any failure here but the mirror's only costs that
+ * speed-up. On a miss the tarball is written by `write`, which the build runs while the helper VM boots; if it
+ * fails, the guest finds no tarball and runs debootstrap whole.
  */
 async function withDebootstrapStage1(
   plan: BuildPlan,
@@ -567,34 +578,9 @@ async function withDebootstrapStage1(
   ctx: CommandContext,
   render: (e: ViewEvent) => void,
   report: BuildReport,
-): Promise<BuildPlan> {
+): Promise<{ plan: BuildPlan; write?: () => Promise<void> }> {
   const started = Date.now();
-  try {
-    const stage1 = await prepareDebootstrapStage1({
-      elements: plan.elements,
-      env: plan.environment.common,
-      arch: plan.arch,
-      imageCache,
-      guestImageCache: GUEST_PATHS.imageCache,
-      cacheRoot: cacheDir(ctx.env),
-      offline: options.offline,
-      noCache: options.noCache,
-      ...(ctx.signal ? { signal: ctx.signal } : {}),
-      onEvent: (e) => {
-        if (e.type === "step" || e.type === "warning") render({ type: "info", message: e.message });
-        else if (e.type === "downloads" && e.count)
-          render({ type: "info", message: `downloading ${e.count} packages` });
-        else if (e.type === "download-progress") render({ ...e, type: "download", what: `debootstrap ${e.what}` });
-      },
-    });
-    if (!stage1) return plan;
-    report.caches.push({ name: "debootstrap stage one", result: `${stage1.hit ? "hit" : "miss"} ${stage1.key}` });
-    render({
-      type: "info",
-      message: `debootstrap stage one ${stage1.hit ? "cached" : "built"} on the host (key ${stage1.key}) in ${((Date.now() - started) / 1000).toFixed(1)} s`,
-    });
-    return { ...plan, environment: { ...plan.environment, common: { ...plan.environment.common, ...stage1.env } } };
-  } catch (err) {
+  const failed = (err: unknown): undefined => {
     if (ctx.signal?.aborted) throw err;
     // A mirror that refuses or fails here fails the guest's debootstrap too (the guest reaches the network through
     // this host, and is given no proxy), only later and as a cascade: stop with its error.
@@ -605,8 +591,44 @@ async function withDebootstrapStage1(
       type: "info",
       message: `warning: debootstrap stage one on the host failed (${message}); the guest runs it`,
     });
-    return plan;
+  };
+  const stage1 = await prepareDebootstrapStage1({
+    elements: plan.elements,
+    env: plan.environment.common,
+    arch: plan.arch,
+    imageCache,
+    guestImageCache: GUEST_PATHS.imageCache,
+    cacheRoot: cacheDir(ctx.env),
+    offline: options.offline,
+    noCache: options.noCache,
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
+    onEvent: (e) => {
+      if (e.type === "step" || e.type === "warning") render({ type: "info", message: e.message });
+      else if (e.type === "downloads" && e.count) render({ type: "info", message: `downloading ${e.count} packages` });
+      else if (e.type === "download-progress") render({ ...e, type: "download", what: `debootstrap ${e.what}` });
+    },
+  }).catch(failed);
+  if (!stage1) return { plan };
+  report.caches.push({ name: "debootstrap stage one", result: `${stage1.hit ? "hit" : "miss"} ${stage1.key}` });
+  const done = (what: string, since: number) =>
+    render({
+      type: "info",
+      message: `debootstrap stage one ${what} on the host (key ${stage1.key}) in ${((Date.now() - since) / 1000).toFixed(1)} s`,
+    });
+  const env = { ...plan.environment.common, ...stage1.env };
+  const withStage1 = { ...plan, environment: { ...plan.environment, common: env } };
+  const { write } = stage1;
+  if (!write) {
+    done("cached", started);
+    return { plan: withStage1 };
   }
+  return {
+    plan: withStage1,
+    write: () => {
+      const since = Date.now();
+      return write().then(() => done("built", since), failed);
+    },
+  };
 }
 
 /** The mirror error with its hint naming the variable the debootstrap mirror came from (DIB's Debian one first). */

@@ -22,6 +22,11 @@ export interface VmOptions extends VmFlags {
   onDownload?: (p: DownloadProgress) => void;
   /** false: boot cold even when a saved appliance snapshot could be restored (`--no-cache`). */
   snapshot?: boolean;
+  /**
+   * Host work to run while QEMU boots (or restores) the appliance, once the appliance is ready — not while it is
+   * assembled, so the two never add up in memory. Its failure fails the start.
+   */
+  alongsideBoot?: () => Promise<void>;
 }
 
 function parseShare(value: string, cwd: string): ShareRequest {
@@ -96,7 +101,9 @@ export async function bootFromCli(ctx: CommandContext, options: VmOptions): Prom
   say(`appliance ${appliance.key} (${appliance.reused ? "cached" : "built"})`);
   const accel = await chooseAccel({ qemu, kernel: bootKernel(appliance), override: options.accel, env: ctx.env });
   say(`accelerator ${accel.accel}: ${accel.reason}${accel.cached ? " (remembered)" : ""}`);
-  return await startAppliance({
+  const alongside = options.alongsideBoot?.();
+  alongside?.catch(() => {}); // observed below, after the boot
+  const machine = await startAppliance({
     appliance,
     qemu,
     accel,
@@ -109,7 +116,17 @@ export async function bootFromCli(ctx: CommandContext, options: VmOptions): Prom
     ...(options.cpus ? { cpus: options.cpus } : {}),
     ...(options.disks ? { disks: options.disks } : {}),
     ...(options.snapshot === false ? { snapshot: false } : {}),
+  }).catch(async (err: unknown) => {
+    await alongside?.catch(() => {});
+    throw err;
   });
+  try {
+    await alongside;
+  } catch (err) {
+    await machine.stop();
+    throw err;
+  }
+  return machine;
 }
 
 export const run: Command = async (ctx) => {

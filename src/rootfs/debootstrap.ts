@@ -526,6 +526,11 @@ export interface Stage1Result {
   hit: boolean;
   /** Variables to add to the build environment: VMDIB_DEBOOTSTRAP_STAGE1 and VMDIB_DEBOOTSTRAP_STAGE1_INPUTS. */
   env: Record<string, string>;
+  /**
+   * On a miss: downloads the .debs and writes the tarball, which the guest needs only when root.d starts — the
+   * build runs it while the helper VM boots. Until it is done, hostPath does not exist.
+   */
+  write?: () => Promise<void>;
 }
 
 /** The Debian release/mirror/options this module can handle for the request, or why not. */
@@ -568,8 +573,9 @@ function stage1Key(parts: unknown): string {
 }
 
 /**
- * Make (or find) the stage-one tarball for this build in the image cache. Undefined when the build does not use a
- * debootstrap element on a Debian release this module reproduces; the guest then runs debootstrap whole.
+ * Find the stage-one tarball for this build in the image cache, or resolve what it will hold (its key) and return how
+ * to write it (`write`). Undefined when the build does not use a debootstrap element on a Debian release this module
+ * reproduces; the guest then runs debootstrap whole.
  */
 export async function prepareDebootstrapStage1(req: Stage1Request): Promise<Stage1Result | undefined> {
   const plan = stage1Plan(req);
@@ -665,34 +671,38 @@ export async function prepareDebootstrapStage1(req: Stage1Request): Promise<Stag
     req.onEvent?.({ type: "cache-hit", key, dir: out.hostPath });
     return { ...out, hit: true };
   }
-  const t1 = Date.now();
-  const fetched = await fetchDebs(pkgs, archive);
+  // Only what writing needs is kept for it (not the parsed indexes): it runs while the helper VM boots.
   const date = Date.parse(release.date);
   const sums = parseReleaseSha256(release.signedText);
-  const aptPackages = componentFiles.flatMap((c) => {
+  const files = componentFiles.map(({ component, packagesPath, names }) => ({ component, packagesPath, names }));
+  const aptPackages = files.flatMap((c) => {
     const sum = sums.get(`${c.component}/binary-${req.arch}/Packages`);
     return sum ? [{ component: c.component, compressedPath: c.packagesPath, ...sum }] : [];
   });
-  await writeStage1Tar(
-    {
-      mirror: plan.mirror,
-      suite: plan.release,
-      codename,
-      arch: req.arch,
-      components: plan.components,
-      selection,
-      debs: new Map(fetched.map((d) => [d.pkg.name, d])),
-      componentFiles: componentFiles.map(({ component, packagesPath, names }) => ({ component, packagesPath, names })),
-      aptIndex: { inRelease: release.file, packages: aptPackages },
-      mtime: Number.isFinite(date) ? Math.floor(date / 1000) : 0,
-      key,
-    },
-    out.hostPath,
-  );
-  await writeAtomic(resolvedFile, `${JSON.stringify({ key })}\n`);
-  await pruneStage1(req.imageCache, out.hostPath);
-  req.onEvent?.({ type: "step", message: `debootstrap stage one written: ${out.hostPath}`, ms: Date.now() - t1 });
-  return out;
+  const write = async () => {
+    const t1 = Date.now();
+    const fetched = await fetchDebs(pkgs, archive);
+    await writeStage1Tar(
+      {
+        mirror: plan.mirror,
+        suite: plan.release,
+        codename,
+        arch: req.arch,
+        components: plan.components,
+        selection,
+        debs: new Map(fetched.map((d) => [d.pkg.name, d])),
+        componentFiles: files,
+        aptIndex: { inRelease: release.file, packages: aptPackages },
+        mtime: Number.isFinite(date) ? Math.floor(date / 1000) : 0,
+        key,
+      },
+      out.hostPath,
+    );
+    await writeAtomic(resolvedFile, `${JSON.stringify({ key })}\n`);
+    await pruneStage1(req.imageCache, out.hostPath);
+    req.onEvent?.({ type: "step", message: `debootstrap stage one written: ${out.hostPath}`, ms: Date.now() - t1 });
+  };
+  return { ...out, write };
 }
 
 async function touch(path: string): Promise<void> {
