@@ -23,7 +23,8 @@
 //   ID.work  the host renames ID.req to it when it takes the request (a guest that sees ID.req vanish knows)
 //   ID.out + ID.done   the host's answer: the output, then the marker
 //   ID.fail  the host refuses or failed: one line why; the guest then runs its own program
-// The guest removes every ID.* file once it has its answer.
+// The guest removes every ID.* file once it has its answer. Its side is one sh script, DIR/client (the server puts
+// guest/host-tools-client there), which both shims call.
 //
 // The directory is on a share the guest writes (security_model=none: its symlinks are real host symlinks), so the
 // host trusts nothing in it: it works through a descriptor of the directory it made (a guest that swaps the directory
@@ -31,10 +32,11 @@
 // it is a plain file, gives the tools their input on stdin (never a path), and creates its answers as new files only.
 import { spawn } from "node:child_process";
 import { watch } from "node:fs";
-import { constants, type FileHandle, lstat, open, readdir, rename } from "node:fs/promises";
+import { constants, copyFile, type FileHandle, lstat, open, readdir, rename } from "node:fs/promises";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { execa } from "execa";
+import { GUEST_DIR } from "./paths.js";
 import { type ArMemberRef, readArMembers } from "./vm/appliance/deb.js";
 
 const { O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY } = constants;
@@ -43,6 +45,8 @@ const { O_CREAT, O_DIRECTORY, O_EXCL, O_NOFOLLOW, O_NONBLOCK, O_RDONLY, O_WRONLY
 export const HOST_TOOLS_DIR = "host-tools";
 /** Where chroot scripts find it (must match guest/dib/lib/img-functions and the dpkg element's shims). */
 export const GUEST_HOST_TOOLS_DIR = "/tmp/vmdib-host-tools";
+/** The guest's side of the protocol, copied into the served directory as `client`. */
+const HOST_TOOLS_CLIENT = join(GUEST_DIR, "host-tools-client");
 
 const ID_RE = /^(zstd|deb)-[0-9]{1,10}$/;
 /** zstd options a request may carry: quiet, level, threads, stdout. Anything else is refused (nothing else is run). */
@@ -237,7 +241,8 @@ async function debJob(workText: string, input: GuestFile): Promise<Job | { refus
 /**
  * Serves requests in `dir` (which must exist and be the host's own directory) until stop(): answers one request at a
  * time, woken by the directory's change events and a poll. A failure to answer becomes ID.fail (the guest then runs
- * its own program), never an error of the build.
+ * its own program), never an error of the build. First it puts the guest's side of the protocol there, as `client`
+ * (guest/host-tools-client: the shims run `sh DIR/client KIND INPUT LINE...`).
  */
 export async function serveHostTools(
   dir: string,
@@ -250,6 +255,7 @@ export async function serveHostTools(
   // Linux names the directory by its descriptor, so every path below resolves in the directory that was opened even
   // if the guest renames it away; elsewhere the check in poll() is what stands between the server and a swapped link.
   const root = process.platform === "linux" ? `/proc/self/fd/${dirFh.fd}` : dir;
+  await copyFile(HOST_TOOLS_CLIENT, join(root, "client"), constants.COPYFILE_EXCL);
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   let busy: Promise<void> = Promise.resolve();

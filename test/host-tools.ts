@@ -2,7 +2,7 @@
 // decompresses, the server's file protocol against a fake zstd, and its .deb answers against the host's own dpkg-deb
 // (packages built here with each compression), in a temporary directory.
 import { read, write } from "node:fs";
-import { copyFile, lstat, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
+import { copyFile, lstat, mkdir, mkdtemp, readdir, readFile, rename, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execa } from "execa";
@@ -93,6 +93,24 @@ t.test("answers a request with .out then .done, a refusal with .fail", async (t)
   await new Promise((r) => setTimeout(r, 50));
   t.equal(runs.length, 1);
   t.equal(reports.length, 2);
+});
+
+t.test("the client the server puts in the directory: the answer on stdout, 75 when refused", async (t) => {
+  const { dir, runs } = await fakeServer(t);
+  const input = join(dir, "..", `${dir.split("/").pop()}.cpio`);
+  await writeFile(input, "cpio");
+  t.teardown(() => rm(input, { force: true }));
+  const client = (...lines: string[]) =>
+    execa("sh", [join(dir, "client"), "zstd", input, ...lines], { reject: false, stripFinalNewline: false });
+  const ok = await client(`version ${V}`, "arg -q", "arg -c");
+  t.equal(ok.exitCode, 0, ok.stderr);
+  t.equal(ok.stdout, "compressed:cpio");
+  t.same(runs, [["-q", "-c", "--stream-size=4"]]);
+  const refused = await client("version other", "arg -c");
+  t.equal(refused.exitCode, 75, "refused: the caller runs its own program");
+  t.match(refused.stderr, /^vmdib: .*other.*; running it in the helper VM\n$/);
+  t.equal(refused.stdout, "");
+  t.same(await readdir(dir), ["client"], "nothing else left behind");
 });
 
 t.test("a failing zstd becomes .fail, not an error", async (t) => {

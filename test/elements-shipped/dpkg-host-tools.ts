@@ -78,7 +78,7 @@ t.test("the shim: a large .deb's data from the host, everything else from the re
   }
   t.equal(reports.length, 1, "only the large one went to the host");
   t.match(reports[0], /dpkg-deb --fsys-tarfile 12-large\.deb \(data\.tar\.xz, 0\.6 MB\) run on the host/);
-  t.same(await readdir(served), [], "the shim leaves nothing behind");
+  t.same(await readdir(served), ["client"], "the shim leaves nothing behind but the server's client");
   t.equal((await execa(shim, ["-f", large, "Package"])).stdout, "vmdib-test", "other calls pass through");
 
   // A file the host refuses: the real dpkg-deb says what is wrong with it, and the shim fails as it does.
@@ -86,7 +86,7 @@ t.test("the shim: a large .deb's data from the host, everything else from the re
   await writeFile(broken, Buffer.alloc(600_000, 1));
   const r = await execa(shim, ["--fsys-tarfile", broken], { reject: false });
   t.not(r.exitCode, 0);
-  t.match(r.stderr, /vmdib: broken\.deb: not an ar archive.*; dpkg-deb runs in the helper VM/);
+  t.match(r.stderr, /vmdib: broken\.deb: not an ar archive.*; running it in the helper VM/);
   t.match(r.stderr, /dpkg-deb: error/);
-  t.same(await readdir(served), [], "nothing left behind after a refusal either");
+  t.same(await readdir(served), ["client"], "nothing left behind after a refusal either");
 });
