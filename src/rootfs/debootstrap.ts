@@ -23,7 +23,7 @@ import {
   writeAtomic,
 } from "../vm/appliance/archive.js";
 import { debTarEntries } from "../vm/appliance/deb.js";
-import { limitYoungGeneration } from "../vm/appliance/memory.js";
+import { limitYoungGeneration, releaseGarbage } from "../vm/appliance/memory.js";
 import { type DebPackage, type PackageIndex, parseReleaseSha256, StanzaSelector } from "../vm/appliance/packages.js";
 import { normalizePath } from "../vm/appliance/rootfs.js";
 import { buildTarHead, type TarEntry, tarPadding } from "../vm/appliance/tar.js";
@@ -680,6 +680,7 @@ export async function prepareDebootstrapStage1(req: Stage1Request): Promise<Stag
     return sum ? [{ component: c.component, compressedPath: c.packagesPath, ...sum }] : [];
   });
   const write = async () => {
+    releaseGarbage(); // what the appliance's assembly left, so that writing reuses it rather than adding to it
     const t1 = Date.now();
     const fetched = await fetchDebs(pkgs, archive);
     await writeStage1Tar(
@@ -702,6 +703,7 @@ export async function prepareDebootstrapStage1(req: Stage1Request): Promise<Stag
     await pruneStage1(req.imageCache, out.hostPath);
     req.onEvent?.({ type: "step", message: `debootstrap stage one written: ${out.hostPath}`, ms: Date.now() - t1 });
   };
+  releaseGarbage(); // the parsed indexes, before the appliance's assembly that may come next
   return { ...out, write };
 }
 
