@@ -39,8 +39,10 @@ export type BuildEvent =
   | { readonly type: "artifact"; readonly path: string; readonly format: ImageType; readonly bytes: number }
   | { readonly type: "progress"; readonly step: string; readonly done: number; readonly total: number };
 
-/** The helper VM a session boots once and stops at its end. */
-/** Starts the VM; `alongside`, when given, runs once the VM is being booted and is awaited with it. */
+/**
+ * Starts the helper VM a session boots once and stops at its end; `alongside`, when given, runs while the VM boots
+ * and is awaited with it.
+ */
 export type StartMachine = (
   spec: MachineRequest,
   alongside?: () => Promise<void>,
