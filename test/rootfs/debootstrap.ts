@@ -234,12 +234,9 @@ t.test("writeStage1Tar: what debootstrap --foreign leaves, root-owned, merged /u
     { path: "./lib64/ld.so", type: "symlink", linkname: "/lib/x86_64-linux-gnu/ld.so" },
   ]);
   const apt = deb("apt", [{ path: "./usr/bin/apt", type: "file", data: Buffer.from("apt") }], "1:2.6");
-  const packagesXz = join(dir, "Packages.xz");
-  writeFileSync(
-    packagesXz,
-    execFileSync("xz", ["-z", "-c"], { input: packages({ aaa: {}, bbb: {}, apt: {}, other: {} }) }),
-  );
   const index = packages({ aaa: {}, bbb: {}, apt: {}, other: {} });
+  const packagesXz = join(dir, "Packages.xz");
+  writeFileSync(packagesXz, execFileSync("xz", ["-z", "-c"], { input: index }));
   const inRelease = join(dir, "InRelease");
   writeFileSync(inRelease, "signed\n");
   const aptIndex = {
@@ -307,44 +304,35 @@ t.test("writeStage1Tar: what debootstrap --foreign leaves, root-owned, merged /u
     "root-owned",
   );
 
-  const corrupt = { ...aptIndex, packages: [{ ...aptIndex.packages[0], sha256: "0".repeat(64) }] } as typeof aptIndex;
-  await t.rejects(
-    writeStage1Tar(
+  // A stage one of only these required packages, written to NAME.tar.zst.
+  const writeRequired = (name: string, debs: FetchedDeb[], more: { aptIndex?: typeof aptIndex } = {}) => {
+    const names = debs.map((d) => d.pkg.name);
+    return writeStage1Tar(
       {
         mirror: "http://m/d",
         suite: "bookworm",
         codename: "bookworm",
         arch: "amd64",
         components: ["main"],
-        selection: { required: ["aaa"], base: [] },
-        debs: new Map([[a.pkg.name, a]]),
-        componentFiles: [{ component: "main", packagesPath: packagesXz, names: ["aaa"] }],
-        aptIndex: corrupt,
+        selection: { required: names, base: [] },
+        debs: new Map(debs.map((d) => [d.pkg.name, d])),
+        componentFiles: [{ component: "main", packagesPath: packagesXz, names }],
+        ...more,
         mtime: 0,
         key: "k",
       },
-      join(dir, "corrupt.tar.zst"),
-    ),
+      join(dir, `${name}.tar.zst`),
+    );
+  };
+  const corrupt = { ...aptIndex, packages: [{ ...aptIndex.packages[0], sha256: "0".repeat(64) }] } as typeof aptIndex;
+  await t.rejects(
+    writeRequired("corrupt", [a], { aptIndex: corrupt }),
     /main\/binary-amd64\/Packages does not match its signed SHA256/,
   );
 
   const clash = deb("ccc", [{ path: "./usr/bin/dash", type: "file", data: Buffer.from("other") }]);
   await t.rejects(
-    writeStage1Tar(
-      {
-        mirror: "http://m/d",
-        suite: "bookworm",
-        codename: "bookworm",
-        arch: "amd64",
-        components: ["main"],
-        selection: { required: ["aaa", "ccc"], base: [] },
-        debs: new Map([a, clash].map((d) => [d.pkg.name, d])),
-        componentFiles: [{ component: "main", packagesPath: packagesXz, names: ["aaa", "ccc"] }],
-        mtime: 0,
-        key: "k",
-      },
-      join(dir, "clash.tar.zst"),
-    ),
+    writeRequired("clash", [a, clash]),
     /ccc ships \/usr\/bin\/dash/,
     "a path shipped twice fails as debootstrap's tar -k does",
   );
